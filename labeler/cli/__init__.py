@@ -1,0 +1,33 @@
+"""Command line: ``labeler <command>``. One module per stage registers its commands."""
+
+from __future__ import annotations
+
+import sys
+
+from rich.console import Console
+
+from labeler.cli._app import app
+from labeler.core.errors import LabelerError
+
+# Importing the modules registers their commands on ``app``.
+from labeler.cli import collect as _collect  # noqa: F401,E402
+from labeler.cli import llm as _llm  # noqa: F401,E402
+from labeler.cli import jobs as _jobs  # noqa: F401,E402
+from labeler.cli import db as _db  # noqa: F401,E402
+from labeler.cli import report as _report  # noqa: F401,E402
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: user errors print one clear message and exit non-zero, no traceback."""
+    try:
+        app(args=argv, standalone_mode=True)
+    except LabelerError as e:
+        Console(stderr=True).print(f"[bold red]error:[/] {e}", highlight=False)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        Console(stderr=True).print("[yellow]interrupted[/]: finished work is saved; run the same command again to resume")
+        sys.exit(130)
+
+
+if __name__ == "__main__":  # python -m labeler.cli
+    main()

@@ -1,0 +1,146 @@
+"""All settings in one place: environment variables (prefix ``LABELER_``) or a ``.env`` file.
+
+The OpenAI-standard variables ``OPENAI_BASE_URL`` / ``OPENAI_API_KEY`` are honoured as the
+default endpoint for every LLM role; ``LABELER_<ROLE>_BASE_URL`` etc. override per role
+(roles: explainer, simulator, scorer).
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+LLM_ROLES = ("explainer", "simulator", "scorer")
+
+
+def _default_data_dir() -> Path:
+    return Path(os.environ.get("XDG_DATA_HOME", Path.home() / ".local" / "share")) / "labeler"
+
+
+class LLMRoleSettings(BaseSettings):
+    """Endpoint for one LLM role. Empty base_url and api_key mean: no LLM (offline fallbacks)."""
+
+    model_config = SettingsConfigDict(extra="ignore")
+
+    model: str = "gpt-4o-mini"
+    base_url: str | None = None
+    api_key: str | None = None
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.base_url or self.api_key)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="LABELER_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    # --- storage --------------------------------------------------------------------------
+    data_dir: Path = Field(default_factory=_default_data_dir)
+    database_url: str | None = None  # default: sqlite file under data_dir
+
+    # --- queue ----------------------------------------------------------------------------
+    redis_url: str | None = None  # None: in-process queue, in-process rate limits
+    broker_url: str | None = None  # default: redis_url
+    result_backend: str | None = None  # default: redis_url
+    chunk_size: int = 16  # features per queue task
+
+    # --- compute --------------------------------------------------------------------------
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    dtype: str = "float32"  # float32 | bfloat16 | float16
+
+    # --- LLM (defaults for every role; per-role overrides below) --------------------------
+    llm_model: str = "gpt-4o-mini"
+    llm_base_url: str | None = Field(default=None)
+    llm_api_key: str | None = Field(default=None)
+    explainer_model: str | None = None
+    explainer_base_url: str | None = None
+    explainer_api_key: str | None = None
+    simulator_model: str | None = None
+    simulator_base_url: str | None = None
+    simulator_api_key: str | None = None
+    scorer_model: str | None = None
+    scorer_base_url: str | None = None
+    scorer_api_key: str | None = None
+
+    llm_concurrency: int = 32  # requests in flight per process
+    llm_rpm: int | None = None  # requests per minute, shared through Redis when configured
+    llm_tpm: int | None = None  # tokens per minute, likewise
+    llm_timeout_s: float = 60.0
+    llm_max_retries: int = 6
+    llm_cache: bool = True
+    llm_cache_path: Path | None = None  # default: data_dir / "llm_cache.sqlite"
+    llm_budget_usd: float | None = None
+    llm_prices_file: Path | None = None  # extra price table (JSON/YAML), merged over the builtin
+
+    # --- API -------------------------------------------------------------------------------
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    api_write_key: str | None = None  # required for write endpoints when set
+    api_read_key: str | None = None  # when set, reads need it too
+
+    # --- paths ------------------------------------------------------------------------------
+    prompts_dir: Path | None = None  # default: the repository's prompts/ folder
+
+    def llm_role(self, role: str) -> LLMRoleSettings:
+        """Resolve one role's endpoint: per-role value, else LABELER_LLM_*, else OPENAI_*."""
+        if role not in LLM_ROLES:
+            raise ValueError(f"unknown LLM role {role!r}; expected one of {LLM_ROLES}")
+        base_url = (
+            getattr(self, f"{role}_base_url")
+            or self.llm_base_url
+            or os.environ.get("OPENAI_BASE_URL")
+        )
+        api_key = (
+            getattr(self, f"{role}_api_key")
+            or self.llm_api_key
+            or os.environ.get("OPENAI_API_KEY")
+        )
+        model = getattr(self, f"{role}_model") or self.llm_model
+        return LLMRoleSettings(model=model, base_url=base_url, api_key=api_key)
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'labeler.db').resolve()}"
+
+    @property
+    def resolved_broker_url(self) -> str | None:
+        return self.broker_url or self.redis_url
+
+    @property
+    def resolved_result_backend(self) -> str | None:
+        return self.result_backend or self.redis_url
+
+    @property
+    def resolved_llm_cache_path(self) -> Path:
+        return self.llm_cache_path or (self.data_dir / "llm_cache.sqlite")
+
+    @property
+    def resolved_prompts_dir(self) -> Path:
+        if self.prompts_dir:
+            return self.prompts_dir
+        return Path(__file__).resolve().parents[2] / "prompts"
+
+    def resolved_device(self) -> str:
+        if self.device != "auto":
+            return self.device
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()
+
+
+def reset_settings() -> None:
+    """Forget cached settings (tests change environment variables)."""
+    get_settings.cache_clear()
