@@ -17,6 +17,28 @@ from labeler.cli import db as _db  # noqa: F401,E402
 from labeler.cli import report as _report  # noqa: F401,E402
 
 
+@app.command()
+def version() -> None:
+    """Print labeler's version."""
+    import labeler
+
+    print(labeler.__version__)
+
+
+@app.command("settings")
+def show_settings() -> None:
+    """Show the effective settings (secrets masked)."""
+    import json
+
+    from labeler.core.config import get_settings
+
+    data = get_settings().model_dump(mode="json")
+    for k in data:
+        if k.endswith("api_key") or k.endswith("_key"):
+            data[k] = "***" if data[k] else None
+    print(json.dumps(data, indent=2))
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: user errors print one clear message and exit non-zero, no traceback."""
     try:
