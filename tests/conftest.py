@@ -72,12 +72,17 @@ def database_url(request, tmp_path):
     return request.getfixturevalue("postgres_url")
 
 
+# One Redis logical database per test area, so areas never flush each other's keys.
+_REDIS_DB_BY_AREA = {"llm": 10, "jobs": 11, "api": 12, "db": 13, "explanation": 14, "demo": 15, "report": 15}
+
+
 @pytest.fixture
-def redis_url():
+def redis_url(request):
     """A Redis logical database of our own on the real server, flushed before and after."""
     import redis
 
-    db = int(os.environ.get("LABELER_TEST_REDIS_DB", "9"))
+    area = Path(str(request.node.fspath)).parent.name
+    db = _REDIS_DB_BY_AREA.get(area, 9)
     url = f"{REDIS_TEST_URL}/{db}"
     client = redis.Redis.from_url(url)
     try:
