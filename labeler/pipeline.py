@@ -1,0 +1,434 @@
+"""Orchestration of one chunk of features: explain -> save -> score -> save -> mark.
+
+The same coroutine runs inside a Celery task (``workers.tasks``) and in-process
+(``labeler label``), so queued and embedded jobs give identical results.  Inside a chunk many
+features are in flight at once (bounded by a semaphore), so one worker process keeps many LLM
+calls waiting in parallel instead of idling on one request.
+
+Work is split in two phases per chunk: every feature is explained first, then scored.  The
+control score of a feature uses another feature's explanation from the same chunk (a seeded
+derangement), which needs all explanations of the chunk to be known.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import random
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Iterable
+
+from labeler.core.config import Settings, get_settings
+from labeler.core.errors import BudgetExceeded, ConfigError, LLMError
+from labeler.records import Explanation, FeatureRecord, LLMUsage, ScoreResult
+
+OFFLINE_EXPLAINERS = frozenset({"baseline"})
+OFFLINE_SCORERS = frozenset({"simulation", "embedding"})  # simulation falls back to the offline simulator
+DEFAULT_SCORERS = ("simulation",)
+
+_LLM_SCORER_ROLE = {"simulation": "simulator"}  # every other LLM scorer uses the "scorer" role
+
+
+@dataclass
+class LabelSpec:
+    """Everything that decides what a labeling run produces (part of the job record)."""
+
+    explainer: str = "baseline"
+    explainer_options: dict[str, Any] = field(default_factory=dict)
+    scorers: list[str] = field(default_factory=lambda: list(DEFAULT_SCORERS))
+    scorer_options: dict[str, dict[str, Any]] = field(default_factory=dict)  # scorer name -> options
+    explainer_model: str | None = None  # None: the role's configured model
+    simulator_model: str | None = None
+    scorer_model: str | None = None
+    control: bool = False  # also score another feature's explanation (the chance line)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        self.scorers = [s.strip() for s in self.scorers if s and s.strip()]
+        if len(set(self.scorers)) != len(self.scorers):
+            raise ConfigError(f"scorer listed twice in {self.scorers}")
+        unknown = set(self.scorer_options) - set(self.scorers)
+        if unknown:
+            raise ConfigError(f"options given for scorers that are not run: {sorted(unknown)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "LabelSpec":
+        names = set(cls.__dataclass_fields__)
+        extra = set(d) - names
+        if extra:
+            raise ConfigError(f"unknown label spec fields: {sorted(extra)}")
+        return cls(**d)
+
+    @property
+    def config_hash(self) -> str:
+        """Stable across processes and runs (key order does not matter)."""
+        blob = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"), default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+@dataclass
+class ChunkResult:
+    """What one call of ``label_features`` did."""
+
+    done: list[int] = field(default_factory=list)
+    failed: dict[int, str] = field(default_factory=dict)  # feature -> reason
+    skipped: list[int] = field(default_factory=list)  # already done in this job
+    not_started: list[int] = field(default_factory=list)  # cancelled or budget reached first
+    usage: LLMUsage = field(default_factory=LLMUsage)
+    explanations: int = 0  # rows written (or found) this run
+    scores: int = 0
+    budget_exceeded: bool = False
+    cancelled: bool = False
+    message: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["failed"] = {str(k): v for k, v in self.failed.items()}
+        return d
+
+
+# --------------------------------------------------------------------------- LLM resolution
+
+
+def llm_endpoint_configured(role: str, settings: Settings | None = None) -> bool:
+    return (settings or get_settings()).llm_role(role).configured
+
+
+def validate_spec(spec: LabelSpec, settings: Settings | None = None) -> None:
+    """Fail early, with a message that says what to do, when an option needs an LLM endpoint
+    that is not configured."""
+    settings = settings or get_settings()
+    if spec.explainer not in OFFLINE_EXPLAINERS and not llm_endpoint_configured("explainer", settings):
+        raise ConfigError(
+            f"explainer {spec.explainer!r} needs an LLM endpoint and none is configured: set "
+            "OPENAI_BASE_URL / OPENAI_API_KEY (or LABELER_EXPLAINER_BASE_URL), or use --explainer baseline"
+        )
+    for name in spec.scorers:
+        role = _LLM_SCORER_ROLE.get(name, "scorer")
+        if name not in OFFLINE_SCORERS and not llm_endpoint_configured(role, settings):
+            raise ConfigError(
+                f"scorer {name!r} needs an LLM endpoint and none is configured: set OPENAI_BASE_URL / "
+                f"OPENAI_API_KEY (or LABELER_{role.upper()}_BASE_URL), or use only "
+                f"{', '.join(sorted(OFFLINE_SCORERS))}"
+            )
+
+
+def default_explainer(settings: Settings | None = None) -> str:
+    """``highlighted`` when an explainer endpoint is configured, else the offline ``baseline``."""
+    return "highlighted" if llm_endpoint_configured("explainer", settings) else "baseline"
+
+
+@dataclass
+class _Stages:
+    explainer: Any
+    scorers: dict[str, Any]
+    llms: list[Any]
+
+
+def _build_stages(spec: LabelSpec, settings: Settings, *, explain: bool = True, score: bool = True) -> _Stages:
+    from labeler.llm import get_llm
+
+    llms: list[Any] = []
+
+    def llm_for(role: str, model: str | None) -> Any:
+        client = get_llm(role, settings, model=model)
+        if client is not None:
+            llms.append(client)
+        return client
+
+    explainer = None
+    if explain:
+        from labeler.explanation import get_explainer
+
+        llm = None if spec.explainer in OFFLINE_EXPLAINERS else llm_for("explainer", spec.explainer_model)
+        explainer = get_explainer(spec.explainer, llm=llm, **spec.explainer_options)
+    scorers: dict[str, Any] = {}
+    if score:
+        from labeler.scoring import get_scorer
+
+        for name in spec.scorers:
+            role = _LLM_SCORER_ROLE.get(name, "scorer")
+            model = spec.simulator_model if role == "simulator" else spec.scorer_model
+            llm = None if name == "embedding" else llm_for(role, model)
+            scorers[name] = get_scorer(name, llm=llm, **spec.scorer_options.get(name, {}))
+    return _Stages(explainer, scorers, llms)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def sae_id_for_store(repo: Any, store: Any) -> int:
+    """The store's SAE id in the database, registering it on first use (idempotent)."""
+    from labeler.core.naming import slugify
+
+    sae_id = repo.sae_id_for(slugify(store.model_name), slugify(store.sae_name))
+    return sae_id if sae_id is not None else repo.register_store(store)
+
+
+def control_partners(features: list[int], seed: int) -> dict[int, int]:
+    """A seeded derangement: each feature's control explanation comes from another feature.
+
+    Depends only on the chunk's features and the seed, so every run of the same chunk picks
+    the same partners."""
+    if len(features) < 2:
+        return {}
+    order = sorted(features)
+    rng = random.Random(f"control:{seed}:{','.join(map(str, order))}")
+    shift = rng.randrange(1, len(order))
+    rng.shuffle(order)
+    return {order[i]: order[(i + shift) % len(order)] for i in range(len(order))}
+
+
+def _reason(exc: BaseException) -> str:
+    kind = getattr(exc, "kind", None)
+    text = str(exc) or type(exc).__name__
+    return f"{kind}: {text}" if kind else f"{type(exc).__name__}: {text}"
+
+
+class _Stop(Exception):
+    """Internal: stop starting new work (cancelled or budget reached)."""
+
+
+@dataclass
+class _FeatureState:
+    feature: int
+    record: FeatureRecord | None = None
+    explanation: Explanation | None = None
+    exp_id: int | None = None
+    usage: LLMUsage = field(default_factory=LLMUsage)
+    error: str | None = None
+    completed: bool = False  # went through every requested phase
+
+
+# --------------------------------------------------------------------------- main entry
+
+
+async def label_features(
+    store: Any,
+    features: Iterable[int],
+    spec: LabelSpec,
+    repo: Any,
+    job_id: int | None = None,
+    should_cancel: Callable[[], bool] | None = None,
+    *,
+    settings: Settings | None = None,
+    max_in_flight: int | None = None,
+    sae_id: int | None = None,
+    explain: bool = True,
+    score: bool = True,
+) -> ChunkResult:
+    """Explain and score ``features`` of ``store``, saving everything in ``repo``.
+
+    A feature that fails (LLM failure after retries, unparseable answer, a scorer error) is
+    marked failed with its reason and the rest go on.  ``BudgetExceeded`` or ``should_cancel``
+    stop new work: features not reached stay pending and the result says why.
+    """
+    settings = settings or get_settings()
+    validate_spec(spec, settings)
+    features = list(dict.fromkeys(int(f) for f in features))
+    result = ChunkResult()
+    if sae_id is None:
+        sae_id = sae_id_for_store(repo, store)
+    if job_id is not None:
+        finished = set(repo.job_features(job_id, status="done"))
+        result.skipped = [f for f in features if f in finished]
+        features = [f for f in features if f not in finished]
+    if not features:
+        return result
+
+    stages = _build_stages(spec, settings, explain=explain, score=score)
+    sem = asyncio.Semaphore(max_in_flight or settings.llm_concurrency)
+    states = {f: _FeatureState(f) for f in features}
+    stopped: list[str] = []  # reason, once new work must not start
+
+    def check_stop() -> None:
+        if stopped:
+            raise _Stop(stopped[0])
+        if should_cancel is not None and should_cancel():
+            stopped.append("cancelled")
+            raise _Stop("cancelled")
+
+    async def guarded(st: _FeatureState, step: Callable[[_FeatureState], Any]) -> None:
+        if st.error is not None:
+            return
+        async with sem:
+            try:
+                check_stop()
+                await step(st)
+            except _Stop:
+                raise
+            except BudgetExceeded as e:
+                if not stopped:
+                    stopped.append(f"budget: {e}")
+                raise _Stop(stopped[0]) from None
+            except (LLMError, Exception) as e:  # a feature failure never fails the chunk
+                st.error = _reason(e)
+
+    async def explain_one(st: _FeatureState) -> None:
+        st.record = await asyncio.to_thread(store.feature, st.feature)
+        exp: Explanation = await stages.explainer.explain(st.record)
+        st.usage.add(exp.usage)
+        result.usage.add(exp.usage)
+        if exp.failed or not exp.text.strip():
+            st.error = f"explain: {exp.error or 'empty explanation'}"
+            return
+        st.explanation = exp
+        st.exp_id = repo.save_explanation(sae_id, exp, job_id=job_id)
+        result.explanations += 1
+        st.completed = not score
+
+    async def score_one(st: _FeatureState, partner_text: str | None) -> None:
+        if st.record is None:
+            st.record = await asyncio.to_thread(store.feature, st.feature)
+        assert st.explanation is not None
+        for name, scorer in stages.scorers.items():
+            runs = [(False, st.explanation.text)] + ([(True, partner_text)] if partner_text else [])
+            for control, text in runs:
+                check_stop()
+                res: ScoreResult = await scorer.score(st.record, text, split="test", control=control)
+                st.usage.add(res.usage)
+                result.usage.add(res.usage)
+                if res.failed:
+                    st.error = f"score {name}{' (control)' if control else ''}: {res.error or 'failed'}"
+                    return
+                repo.save_score(st.exp_id, res)
+                result.scores += 1
+        st.completed = True
+
+    async def run_phase(coros: list[Any]) -> None:
+        outcomes = await asyncio.gather(*coros, return_exceptions=True)
+        for o in outcomes:
+            if isinstance(o, BaseException) and not isinstance(o, _Stop):
+                raise o
+
+    try:
+        if explain:
+            await run_phase([guarded(st, explain_one) for st in states.values()])
+        if score:
+            if not explain:  # score stored explanations (``labeler score``) is handled by score_features
+                raise ConfigError("label_features(score only) is not supported; use score_features")
+            ok = [f for f, st in states.items() if st.explanation is not None]
+            partners = control_partners(ok, spec.seed) if spec.control else {}
+
+            def partner_text(f: int) -> str | None:
+                p = partners.get(f)
+                return states[p].explanation.text if p is not None else None  # type: ignore[union-attr]
+
+            await run_phase([guarded(st, lambda s: score_one(s, partner_text(s.feature)))
+                             for st in states.values() if st.explanation is not None])
+    finally:
+        await _close_llms(stages.llms)
+
+    for f, st in states.items():
+        if st.error is not None:
+            result.failed[f] = st.error
+        elif st.completed:
+            result.done.append(f)
+        else:
+            result.not_started.append(f)
+    # A feature interrupted half-way is left pending: the next attempt redoes it (idempotent writes).
+    for f in result.done:
+        if job_id is not None:
+            repo.mark_feature(job_id, f, "done", usage=states[f].usage)
+    for f, reason in result.failed.items():
+        if job_id is not None:
+            repo.mark_feature(job_id, f, "failed", error=reason, usage=states[f].usage)
+    if stopped:
+        reason = stopped[0]
+        result.cancelled = reason == "cancelled"
+        result.budget_exceeded = reason.startswith("budget")
+        result.message = (
+            f"stopped: {reason}; {len(result.not_started)} feature(s) left pending"
+        )
+    return result
+
+
+async def _close_llms(llms: list[Any]) -> None:
+    for llm in llms:
+        close = getattr(llm, "aclose", None) or getattr(llm, "close", None)
+        if close is None:
+            continue
+        try:
+            out = close()
+            if asyncio.iscoroutine(out):
+                await out
+        except Exception:  # closing is best effort
+            pass
+
+
+# --------------------------------------------------------------------------- stage commands
+
+
+async def explain_features(
+    store: Any, features: Iterable[int], spec: LabelSpec, repo: Any, *, settings: Settings | None = None,
+    max_in_flight: int | None = None,
+) -> ChunkResult:
+    """``labeler explain``: explanations only, saved in the database."""
+    return await label_features(store, features, spec, repo, settings=settings, max_in_flight=max_in_flight,
+                                explain=True, score=False)
+
+
+async def score_features(
+    store: Any, features: Iterable[int], spec: LabelSpec, repo: Any, *, settings: Settings | None = None,
+    max_in_flight: int | None = None,
+) -> ChunkResult:
+    """``labeler score``: score every stored (non-failed) explanation of ``features`` with the
+    spec's scorers (and controls when enabled)."""
+    settings = settings or get_settings()
+    probe = LabelSpec(explainer="baseline", scorers=spec.scorers, scorer_options=spec.scorer_options,
+                      simulator_model=spec.simulator_model, scorer_model=spec.scorer_model,
+                      control=spec.control, seed=spec.seed)
+    validate_spec(probe, settings)
+    features = list(dict.fromkeys(int(f) for f in features))
+    sae_id = sae_id_for_store(repo, store)
+    stages = _build_stages(probe, settings, explain=False, score=True)
+    sem = asyncio.Semaphore(max_in_flight or settings.llm_concurrency)
+    result = ChunkResult()
+    stored: dict[int, list[dict[str, Any]]] = {}
+    for f in features:
+        view = repo.feature_view(sae_id, f)
+        stored[f] = [e for e in view.get("explanations", []) if e.get("text") and not e.get("failed")]
+    with_exp = [f for f in features if stored[f]]
+    result.not_started = [f for f in features if not stored[f]]
+    partners = control_partners(with_exp, spec.seed) if spec.control else {}
+    stop: list[str] = []
+
+    async def one(f: int) -> None:
+        async with sem:
+            if stop:
+                return
+            try:
+                record = await asyncio.to_thread(store.feature, f)
+                for exp in stored[f]:
+                    runs = [(False, exp["text"])]
+                    if f in partners:
+                        runs.append((True, stored[partners[f]][0]["text"]))
+                    for name, scorer in stages.scorers.items():
+                        for control, text in runs:
+                            res = await scorer.score(record, text, split="test", control=control)
+                            result.usage.add(res.usage)
+                            if res.failed:
+                                result.failed[f] = f"score {name}: {res.error or 'failed'}"
+                                continue
+                            repo.save_score(exp["id"], res)
+                            result.scores += 1
+                if f not in result.failed:
+                    result.done.append(f)
+            except BudgetExceeded as e:
+                stop.append(f"budget: {e}")
+            except Exception as e:
+                result.failed[f] = _reason(e)
+
+    try:
+        await asyncio.gather(*(one(f) for f in with_exp))
+    finally:
+        await _close_llms(stages.llms)
+    if stop:
+        result.budget_exceeded = True
+        result.message = f"stopped: {stop[0]}"
+    result.done.sort()
+    return result
