@@ -1,0 +1,11 @@
+"""LLM access: one client for every OpenAI-compatible endpoint, plus our own test server.
+
+See ``labeler.llm.client`` (``get_llm``, ``LLMClient``) and ``labeler.llm.testserver``.
+"""
+
+from labeler.llm.client import PROCESS_SPEND, LLMClient, SpendTracker, get_llm, reset_process_state
+from labeler.llm.types import LLMResponse, TokenLogprob
+from labeler.records import LLMUsage
+
+__all__ = ["get_llm", "LLMClient", "LLMResponse", "TokenLogprob", "LLMUsage", "SpendTracker",
+           "PROCESS_SPEND", "reset_process_state"]

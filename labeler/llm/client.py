@@ -1,0 +1,360 @@
+"""The one LLM client: ``openai.AsyncOpenAI`` for any OpenAI-compatible endpoint, plus
+tenacity retries, a per-process concurrency cap, RPM/TPM limits (shared through Redis when
+configured), a persistent response cache, token/cost accounting and a per-process budget cap.
+
+    llm = get_llm("explainer")            # None when no endpoint is configured (offline)
+    resp = await llm.chat(messages, max_tokens=60)
+    resp.text, resp.usage, resp.cached
+
+Order of one call: cache lookup (a hit costs nothing and never waits) -> budget check ->
+concurrency slot -> budget check again -> [rate limits -> HTTP request] retried with
+exponential backoff + jitter on 429/5xx/timeouts/connection errors (Retry-After honoured,
+capped) -> cost added to the process spend -> answer cached.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import hashlib
+import json
+import logging
+import threading
+import time
+import weakref
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import openai
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
+
+from labeler.core.config import Settings, get_settings
+from labeler.core.errors import BudgetExceeded, LLMError
+from labeler.llm.cache import ResponseCache, request_key
+from labeler.llm.pricing import cost_usd, load_prices
+from labeler.llm.ratelimit import RateLimiter, make_limiter
+from labeler.llm.types import LLMResponse, TokenLogprob
+from labeler.records import LLMUsage
+
+log = logging.getLogger(__name__)
+
+NEVER_RETRY = {400, 401, 403, 404, 422}  # these will not succeed by asking again
+
+
+# --- per-process shared state -----------------------------------------------------------------
+
+class SpendTracker:
+    """Money spent by this process on LLM calls (the budget cap is checked against it)."""
+
+    def __init__(self) -> None:
+        self.spent_usd = 0.0
+        self._lock = threading.Lock()
+
+    def add(self, usd: float) -> None:
+        with self._lock:
+            self.spent_usd += usd
+
+    def check(self, cap: float | None) -> None:
+        if cap is not None and self.spent_usd >= cap:
+            raise BudgetExceeded(
+                f"LLM budget of ${cap:.4f} reached (spent ${self.spent_usd:.4f} in this process): "
+                "no new LLM calls are started; finished work is kept. Raise LABELER_LLM_BUDGET_USD to go on."
+            )
+
+
+PROCESS_SPEND = SpendTracker()
+_LOGPROB_SUPPORT: dict[tuple[str, str], bool] = {}
+_SEMAPHORES: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[int, asyncio.Semaphore]]" = (
+    weakref.WeakKeyDictionary()
+)
+_CACHES: dict[str, ResponseCache] = {}
+_CACHES_LOCK = threading.Lock()
+
+
+def _process_semaphore(limit: int) -> asyncio.Semaphore:
+    """One semaphore per process (and event loop: asyncio primitives belong to one loop)."""
+    per_loop = _SEMAPHORES.setdefault(asyncio.get_running_loop(), {})
+    if limit not in per_loop:
+        per_loop[limit] = asyncio.Semaphore(limit)
+    return per_loop[limit]
+
+
+def _shared_cache(path: Path) -> ResponseCache:
+    key = str(Path(path).resolve())
+    with _CACHES_LOCK:
+        if key not in _CACHES:
+            _CACHES[key] = ResponseCache(Path(path))
+        return _CACHES[key]
+
+
+def reset_process_state() -> None:
+    """Forget process spend, logprob probes and open caches (tests and long-lived workers)."""
+    PROCESS_SPEND.spent_usd = 0.0
+    _LOGPROB_SUPPORT.clear()
+    with _CACHES_LOCK:
+        for c in _CACHES.values():
+            c.close()
+        _CACHES.clear()
+
+
+# --- errors ------------------------------------------------------------------------------------
+
+class _BadResponse(Exception):
+    """The endpoint answered 200 but with something that is not a usable completion."""
+
+
+def _parse_retry_after(headers: Any) -> float | None:
+    if headers is None:
+        return None
+    ms = headers.get("retry-after-ms")
+    if ms:
+        try:
+            return float(ms) / 1000.0
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
+
+
+def classify(exc: BaseException) -> tuple[str, bool]:
+    """(kind, retryable) for an exception raised by one attempt."""
+    if isinstance(exc, openai.APITimeoutError):
+        return "timeout", True
+    if isinstance(exc, openai.APIConnectionError):
+        return "connection", True
+    if isinstance(exc, openai.APIStatusError):
+        status = exc.status_code
+        return f"http_{status}", status not in NEVER_RETRY and (status in (408, 409, 429) or status >= 500)
+    if isinstance(exc, (_BadResponse, openai.APIResponseValidationError, json.JSONDecodeError)):
+        return "bad_response", True
+    return type(exc).__name__, False
+
+
+def _retryable(exc: BaseException) -> bool:
+    return classify(exc)[1]
+
+
+# --- the client ----------------------------------------------------------------------------------
+
+@dataclass
+class LLMClient:
+    model: str
+    base_url: str | None = None
+    api_key: str | None = None
+    role: str = "explainer"
+    timeout_s: float = 60.0
+    max_retries: int = 6
+    concurrency: int = 32
+    rpm: int | None = None
+    tpm: int | None = None
+    rate_window_s: float = 60.0  # the "minute" of rpm/tpm (tests shrink it)
+    redis_url: str | None = None
+    cache: bool = True
+    cache_path: Path | None = None
+    budget_usd: float | None = None
+    prices_file: Path | None = None
+    backoff_initial_s: float = 1.0
+    backoff_max_s: float = 30.0
+    retry_after_cap_s: float = 60.0
+    spend: SpendTracker = field(default_factory=lambda: PROCESS_SPEND)
+    usage: LLMUsage = field(default_factory=LLMUsage)  # running total of this client
+
+    def __post_init__(self) -> None:
+        if self.cache and self.cache_path is None:
+            self.cache_path = get_settings().resolved_llm_cache_path
+        self._cache = _shared_cache(self.cache_path) if self.cache else None  # type: ignore[arg-type]
+        self._prices = load_prices(str(self.prices_file) if self.prices_file else None)
+        self._openai: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self._usage_lock = threading.Lock()
+        endpoint = hashlib.sha1(f"{self.base_url}|{self.model}".encode()).hexdigest()[:16]
+        self._limiters: list[tuple[str, RateLimiter]] = []
+        if self.rpm:
+            self._limiters.append(("requests", make_limiter(f"{endpoint}:rpm", self.rpm, self.rate_window_s, self.redis_url)))
+        if self.tpm:
+            self._limiters.append(("tokens", make_limiter(f"{endpoint}:tpm", self.tpm, self.rate_window_s, self.redis_url)))
+        self._probe_lock: asyncio.Lock | None = None
+
+    @classmethod
+    def from_settings(cls, role: str, settings: Settings | None = None, model: str | None = None,
+                      **overrides: Any) -> "LLMClient":
+        s = settings or get_settings()
+        rs = s.llm_role(role)
+        kwargs: dict[str, Any] = dict(
+            model=model or rs.model, base_url=rs.base_url, api_key=rs.api_key, role=role,
+            timeout_s=s.llm_timeout_s, max_retries=s.llm_max_retries, concurrency=s.llm_concurrency,
+            rpm=s.llm_rpm, tpm=s.llm_tpm, redis_url=s.redis_url, cache=s.llm_cache,
+            cache_path=s.resolved_llm_cache_path, budget_usd=s.llm_budget_usd, prices_file=s.llm_prices_file,
+        )
+        kwargs.update(overrides)
+        return cls(**kwargs)
+
+    # -- plumbing --
+    def _client(self) -> openai.AsyncOpenAI:
+        loop = asyncio.get_running_loop()
+        client = self._openai.get(loop)
+        if client is None:
+            # retries are ours (tenacity), so the SDK's own are off
+            client = openai.AsyncOpenAI(base_url=self.base_url, api_key=self.api_key or "EMPTY",
+                                        timeout=self.timeout_s, max_retries=0)
+            self._openai[loop] = client
+        return client
+
+    def _wait(self, retry_state: Any) -> float:
+        exc = retry_state.outcome.exception() if retry_state.outcome else None
+        retry_after = None
+        if isinstance(exc, openai.APIStatusError):
+            retry_after = _parse_retry_after(exc.response.headers)
+        if retry_after is not None:
+            return min(retry_after, self.retry_after_cap_s)
+        return wait_exponential_jitter(initial=self.backoff_initial_s, max=self.backoff_max_s)(retry_state)
+
+    def _add_usage(self, u: LLMUsage) -> None:
+        with self._usage_lock:
+            self.usage.add(u)
+
+    @property
+    def cache_store(self) -> ResponseCache | None:
+        return self._cache
+
+    # -- the API --
+    async def chat(
+        self,
+        messages: list[dict[str, str]],
+        max_tokens: int = 256,
+        temperature: float = 0.0,
+        logprobs: bool = False,
+        top_logprobs: int | None = None,
+        response_format: dict[str, Any] | None = None,
+        *,
+        cache_salt: str | None = None,
+        use_cache: bool = True,
+    ) -> LLMResponse:
+        """One chat completion.  ``cache_salt`` distinguishes deliberate repeats of one request
+        (best-of-N candidates, retries after an unusable answer) so each gets its own cache entry."""
+        params: dict[str, Any] = {"model": self.model, "messages": messages, "max_tokens": max_tokens,
+                                  "temperature": temperature}
+        if logprobs:
+            params["logprobs"] = True
+            if top_logprobs:
+                params["top_logprobs"] = top_logprobs
+        if response_format is not None:
+            params["response_format"] = response_format
+        cache = self._cache if use_cache else None
+        key = request_key({**params, "base_url": self.base_url, "salt": cache_salt})
+        if cache is not None and (hit := cache.get(key)) is not None:
+            resp = LLMResponse.from_dict(hit)
+            resp.cached = True
+            resp.usage = LLMUsage(calls=1, prompt_tokens=resp.usage.prompt_tokens,
+                                  completion_tokens=resp.usage.completion_tokens, cost_usd=0.0, cached_calls=1)
+            self._add_usage(resp.usage)
+            return resp
+
+        self.spend.check(self.budget_usd)
+        async with _process_semaphore(self.concurrency):
+            self.spend.check(self.budget_usd)  # the cap may have been reached while we queued
+            resp = await self._with_retries(params)
+        resp.usage.cost_usd = cost_usd(self.model, resp.usage.prompt_tokens, resp.usage.completion_tokens,
+                                       self._prices)
+        self.spend.add(resp.usage.cost_usd)
+        self._add_usage(resp.usage)
+        if cache is not None:
+            cache.put(key, self.model, resp.to_dict())
+        return resp
+
+    async def _with_retries(self, params: dict[str, Any]) -> LLMResponse:
+        token_estimate = sum(len(str(m.get("content", ""))) for m in params["messages"]) // 4 + params["max_tokens"]
+        attempts = 0
+        try:
+            async for attempt in AsyncRetrying(
+                stop=stop_after_attempt(self.max_retries + 1), wait=self._wait,
+                retry=retry_if_exception(_retryable), reraise=True,
+            ):
+                with attempt:
+                    attempts += 1
+                    for what, limiter in self._limiters:
+                        await limiter.acquire(token_estimate if what == "tokens" else 1)
+                    return await self._once(params)
+        except (openai.OpenAIError, _BadResponse, json.JSONDecodeError) as e:
+            kind, retryable = classify(e)
+            tried = f"after {attempts} attempts" if retryable else "(not retried: asking again cannot succeed)"
+            raise LLMError(f"LLM call to {self.model} at {self.base_url or 'api.openai.com'} failed {tried}: "
+                           f"{kind}: {e}", kind=kind) from e
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _once(self, params: dict[str, Any]) -> LLMResponse:
+        completion = await self._client().chat.completions.create(**params)
+        if not getattr(completion, "choices", None):
+            raise _BadResponse("the endpoint returned no choices")
+        choice = completion.choices[0]
+        text = (choice.message.content if choice.message else None) or ""
+        lps: list[TokenLogprob] | None = None
+        if params.get("logprobs") and choice.logprobs is not None and choice.logprobs.content is not None:
+            lps = [TokenLogprob(token=t.token, logprob=float(t.logprob),
+                                top={a.token: float(a.logprob) for a in (t.top_logprobs or [])})
+                   for t in choice.logprobs.content]
+        u = completion.usage
+        if u is not None:
+            usage = LLMUsage(calls=1, prompt_tokens=int(u.prompt_tokens or 0),
+                             completion_tokens=int(u.completion_tokens or 0))
+        else:  # some servers omit usage: estimate (~4 characters per token)
+            prompt_chars = sum(len(str(m.get("content", ""))) for m in params["messages"])
+            usage = LLMUsage(calls=1, prompt_tokens=prompt_chars // 4, completion_tokens=len(text) // 4)
+        return LLMResponse(text=text, logprobs=lps, usage=usage, cached=False,
+                           model=getattr(completion, "model", None) or self.model,
+                           finish_reason=choice.finish_reason)
+
+    async def supports_logprobs(self) -> bool:
+        """Whether the endpoint returns per-token logprobs with alternatives; probed once per
+        (base_url, model) in this process."""
+        key = (str(self.base_url), self.model)
+        if key in _LOGPROB_SUPPORT:
+            return _LOGPROB_SUPPORT[key]
+        if self._probe_lock is None:
+            self._probe_lock = asyncio.Lock()
+        async with self._probe_lock:
+            if key in _LOGPROB_SUPPORT:
+                return _LOGPROB_SUPPORT[key]
+            try:
+                resp = await self.chat([{"role": "user", "content": "Answer with one digit: 7"}],
+                                       max_tokens=1, logprobs=True, top_logprobs=2, use_cache=False)
+                ok = bool(resp.logprobs) and bool(resp.logprobs[0].top)
+            except LLMError as e:
+                if e.kind not in ("http_400", "http_422", "http_404"):
+                    raise
+                ok = False
+            _LOGPROB_SUPPORT[key] = ok
+            return ok
+
+    async def aclose(self) -> None:
+        for client in list(self._openai.values()):
+            await client.close()
+        self._openai.clear()
+        for _, limiter in self._limiters:
+            if hasattr(limiter, "aclose"):
+                await limiter.aclose()  # type: ignore[union-attr]
+
+    def describe(self) -> dict[str, Any]:
+        return {"model": self.model, "base_url": self.base_url, "role": self.role, "cache": self.cache}
+
+
+def get_llm(role: str, settings: Settings | None = None, model: str | None = None, **overrides: Any) -> LLMClient | None:
+    """The client for one role (explainer, simulator, scorer), or None when no endpoint is
+    configured, in which case callers use their offline fallbacks."""
+    s = settings or get_settings()
+    if not s.llm_role(role).configured:
+        return None
+    return LLMClient.from_settings(role, s, model=model, **overrides)

@@ -1,0 +1,448 @@
+"""An OpenAI-compatible HTTP server we own, for tests, benchmarks and manual runs.
+
+Endpoints: ``POST /v1/chat/completions``, ``POST /v1/completions``, ``GET /v1/models``; every
+answer carries ``usage`` (whitespace/punctuation token counts), and ``logprobs`` /
+``top_logprobs`` (chat format; legacy format for completions) when requested.
+
+In a test (starts on a free localhost port in a background thread)::
+
+    with TestLLMServer(latency_s=0.05, seed=1) as server:
+        llm = LLMClient(model="test-model", base_url=server.base_url, api_key="x")
+        ...
+        server.configure(fail_429=0.2, retry_after_s=0.1)   # change behaviour at any time
+        server.script("first answer", {"status": 500}, {"hang": True})  # queue, used first
+        server.stats["chat"], server.stats["http_429"], server.requests[-1]["messages"]
+
+From the shell: ``labeler llm-test-server --port 8089 --latency 0.2``.
+
+How answers are chosen, first match wins:
+1. the scripted queue (``script(...)``): a string (the answer), or a dict with any of
+   ``text``, ``finish_reason``, ``logprobs``, ``status`` (an HTTP error, e.g. 429 / 500 / 401),
+   ``retry_after`` (header for that error), ``hang: True`` (never answers before the client
+   gives up), ``malformed: True``, ``truncated: True``;
+2. random failures, drawn with ``seed``: ``fail_429`` (with ``Retry-After: retry_after_s``),
+   ``fail_500``, ``hang`` (sleeps ``hang_s``, past the client timeout), ``malformed`` (200 with
+   garbage text), ``broken_json`` (200 with a body that is not JSON), ``truncated`` (the answer
+   cut in half with ``finish_reason: "length"``), each a probability per request;
+3. rules: ``server.add_rule(predicate, responder)`` (this server) then the module-level
+   ``add_rule(predicate, responder)`` (every server in the process), newest first.
+   ``predicate(request_json) -> bool``; ``responder(request_json) -> str | Reply``
+   (``Reply(text, logprobs=[(token, logprob, {alternative: logprob})], finish_reason)``).
+   For ``/v1/completions`` the request has ``prompt`` instead of ``messages``;
+   ``prompt_text(request_json)`` gives the text of either.
+4. the default rule, which understands labeler's explanation prompts: it finds the tokens
+   marked ``<<like this>>`` (or listed as ``"token"=7`` pairs) and answers a short phrase naming
+   the most frequent one (``the token "bridge"``); when the prompt asks for a line starting
+   ``EXPLANATION:`` it writes one line of reasoning first.  Requests for logprobs without a
+   rule-provided distribution get one per generated token: the token itself most likely, then
+   digits as alternatives.
+
+Also: ``api_key`` (401 on mismatch), ``models`` (404 for others), ``logprobs_mode``
+("on" | "ignore": answer without logprobs | "error": 400), ``latency_s`` + ``jitter_s``.
+Counters in ``stats`` (by endpoint and outcome) let tests assert what happened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import re
+import socket
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+Predicate = Callable[[dict[str, Any]], bool]
+
+
+@dataclass
+class Reply:
+    text: str
+    logprobs: list[tuple[str, float, dict[str, float]]] | None = None
+    finish_reason: str | None = None
+
+
+Responder = Callable[[dict[str, Any]], "str | Reply"]
+_GLOBAL_RULES: list[tuple[Predicate, Responder]] = []
+_TOKEN_RE = re.compile(r"\w+|[^\w\s]")
+_GARBAGE = "#@!%&*{}[]<>|~^`$=+\\/"
+
+
+def add_rule(predicate: Predicate, responder: Responder) -> None:
+    """Register a rule for every test server in this process (newest rules are tried first)."""
+    _GLOBAL_RULES.insert(0, (predicate, responder))
+
+
+def remove_rule(responder: Responder) -> None:
+    _GLOBAL_RULES[:] = [r for r in _GLOBAL_RULES if r[1] is not responder]
+
+
+def prompt_text(req: dict[str, Any]) -> str:
+    """All text of a chat or completions request, joined."""
+    if "messages" in req:
+        parts = []
+        for m in req.get("messages") or []:
+            c = m.get("content")
+            if isinstance(c, list):  # content parts
+                c = " ".join(p.get("text", "") for p in c if isinstance(p, dict))
+            parts.append(str(c or ""))
+        return "\n".join(parts)
+    p = req.get("prompt", "")
+    return "\n".join(p) if isinstance(p, list) else str(p)
+
+
+def count_tokens(text: str) -> int:
+    return len(_TOKEN_RE.findall(text))
+
+
+def default_responder(req: dict[str, Any]) -> str:
+    text = prompt_text(req)
+    if "messages" in req:  # look at the last user message: that is where the examples are
+        users = [m for m in req["messages"] if m.get("role") == "user"]
+        focus = str(users[-1].get("content", "")) if users else text
+    else:
+        focus = text
+    marked = [t.strip() for t in re.findall(r"<<(.+?)>>", focus, flags=re.S)]
+    if not marked:  # token/value pairs such as "bridge"=8
+        pairs = [(json.loads(f'"{t}"').strip(), int(v)) for t, v in re.findall(r'"((?:[^"\\]|\\.)*)"=(\d+)', focus)]
+        best = max((v for _, v in pairs), default=0)
+        marked = [t for t, v in pairs if v == best and v > 0]
+    marked = [t for t in marked if t]
+    if marked:
+        top = Counter(marked).most_common(1)[0][0]
+        phrase = f'the token "{top}"'
+    else:
+        phrase = "common English words"
+    if "EXPLANATION:" in text:
+        return f"The marked tokens share one thing: {phrase}.\nEXPLANATION: {phrase}"
+    return phrase
+
+
+def _default_logprobs(text: str, n_top: int) -> list[tuple[str, float, dict[str, float]]]:
+    out = []
+    tokens = re.findall(r"\s*\S+", text) or [text]
+    for tok in tokens:
+        top = {tok: -0.05}
+        for d in "0123456789":
+            if len(top) >= max(n_top, 1):
+                break
+            if d != tok.strip():
+                top[d] = -3.0 - len(top)
+        out.append((tok, -0.05, top))
+    return out
+
+
+@dataclass
+class ServerConfig:
+    seed: int = 0
+    latency_s: float = 0.0
+    jitter_s: float = 0.0
+    fail_429: float = 0.0
+    fail_500: float = 0.0
+    hang: float = 0.0
+    malformed: float = 0.0
+    broken_json: float = 0.0
+    truncated: float = 0.0
+    retry_after_s: float | str = 1.0  # seconds, or an HTTP date string
+    hang_s: float = 30.0
+    logprobs_mode: str = "on"  # on | ignore | error
+    api_key: str | None = None
+    models: list[str] | None = None
+
+
+class TestLLMServer:
+    """Context manager: an OpenAI-compatible server on a free localhost port (background thread)."""
+
+    __test__ = False  # not a pytest test class
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, **config: Any):
+        self.host = host
+        self.port = port
+        self.config = ServerConfig()
+        self.stats: Counter[str] = Counter()
+        self.requests: list[dict[str, Any]] = []
+        self.arrivals: list[float] = []  # time.time() of each request (rate-limit tests)
+        self._rules: list[tuple[Predicate, Responder]] = []
+        self._script: list[Any] = []
+        self._lock = threading.Lock()
+        self._rng = random.Random(0)
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping: asyncio.Event | None = None
+        self.configure(**config)
+        self.app = Starlette(routes=[
+            Route("/v1/chat/completions", self._chat, methods=["POST"]),
+            Route("/v1/completions", self._completions, methods=["POST"]),
+            Route("/v1/models", self._models, methods=["GET"]),
+        ])
+
+    # -- configuration --
+    def configure(self, **kw: Any) -> "TestLLMServer":
+        with self._lock:
+            for k, v in kw.items():
+                if not hasattr(self.config, k):
+                    raise TypeError(f"unknown test server setting {k!r}")
+                setattr(self.config, k, v)
+            if "seed" in kw:
+                self._rng = random.Random(kw["seed"])
+        return self
+
+    def script(self, *items: Any) -> "TestLLMServer":
+        with self._lock:
+            self._script.extend(items)
+        return self
+
+    def add_rule(self, predicate: Predicate, responder: Responder) -> "TestLLMServer":
+        with self._lock:
+            self._rules.insert(0, (predicate, responder))
+        return self
+
+    def reset_stats(self) -> None:
+        with self._lock:
+            self.stats.clear()
+            self.requests.clear()
+            self.arrivals.clear()
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}/v1"
+
+    # -- lifecycle --
+    def start(self) -> "TestLLMServer":
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((self.host, self.port))
+        self.port = sock.getsockname()[1]
+        cfg = uvicorn.Config(self.app, log_level="warning", access_log=False, lifespan="off",
+                             timeout_graceful_shutdown=1, timeout_keep_alive=30)
+        self._server = uvicorn.Server(cfg)
+        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]},
+                                        name=f"llm-test-server:{self.port}", daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + 20
+        while not self._server.started:
+            if time.monotonic() > deadline or not self._thread.is_alive():
+                raise RuntimeError("LLM test server did not start")
+            time.sleep(0.01)
+        return self
+
+    def stop(self) -> None:
+        if self._server is None:
+            return
+        self._server.should_exit = True
+        if self._loop is not None and self._stopping is not None:
+            self._loop.call_soon_threadsafe(self._stopping.set)  # release hung requests
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        self._server = None
+
+    def __enter__(self) -> "TestLLMServer":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    def serve_forever(self) -> None:
+        """Foreground mode for the CLI command."""
+        self.start()
+        try:
+            while self._thread is not None and self._thread.is_alive():
+                self._thread.join(0.5)
+        finally:
+            self.stop()
+
+    # -- request handling --
+    def _count(self, *keys: str) -> None:
+        with self._lock:
+            for k in keys:
+                self.stats[k] += 1
+
+    def _next_action(self) -> dict[str, Any] | None:
+        """A scripted item, or a randomly drawn failure, or None (answer normally)."""
+        with self._lock:
+            if self._script:
+                item = self._script.pop(0)
+                return {"text": item} if isinstance(item, str) else dict(item)
+            c = self.config
+            r = self._rng.random()
+            for name, p in (("fail_429", c.fail_429), ("fail_500", c.fail_500), ("hang", c.hang),
+                            ("malformed", c.malformed), ("broken_json", c.broken_json),
+                            ("truncated", c.truncated)):
+                if r < p:
+                    return {"fail_429": {"status": 429}, "fail_500": {"status": 500}}.get(name, {name: True})
+                r -= p
+            return None
+
+    def _answer(self, req: dict[str, Any]) -> Reply:
+        with self._lock:
+            rules = list(self._rules) + list(_GLOBAL_RULES)
+        for predicate, responder in rules:
+            if predicate(req):
+                out = responder(req)
+                return out if isinstance(out, Reply) else Reply(str(out))
+        return Reply(default_responder(req))
+
+    def _error(self, status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+        kind = {429: "rate_limit_exceeded", 401: "invalid_api_key", 404: "model_not_found"}.get(status, "server_error")
+        return JSONResponse({"error": {"message": message, "type": kind, "code": kind}},
+                            status_code=status, headers=headers)
+
+    async def _prepare(self, request: Request, endpoint: str) -> tuple[dict[str, Any] | None, Response | None]:
+        if self._stopping is None:
+            self._loop = asyncio.get_running_loop()
+            self._stopping = asyncio.Event()
+        with self._lock:
+            self.stats["requests"] += 1
+            self.stats[endpoint] += 1
+            self.arrivals.append(time.time())
+        try:
+            req = json.loads(await request.body())
+            assert isinstance(req, dict)
+        except Exception:
+            self._count("http_400")
+            return None, self._error(400, "request body is not a JSON object")
+        with self._lock:
+            self.requests.append(req)
+        c = self.config
+        if c.api_key is not None and request.headers.get("authorization") != f"Bearer {c.api_key}":
+            self._count("http_401")
+            return None, self._error(401, "Incorrect API key provided")
+        if c.models is not None and req.get("model") not in c.models:
+            self._count("http_404")
+            return None, self._error(404, f"The model {req.get('model')!r} does not exist")
+        if req.get("logprobs") and c.logprobs_mode == "error":
+            self._count("http_400")
+            return None, self._error(400, "logprobs are not supported by this endpoint")
+        delay = c.latency_s + (self._rng.uniform(0, c.jitter_s) if c.jitter_s else 0.0)
+        if delay > 0:
+            await asyncio.sleep(delay)
+        return req, None
+
+    async def _failure_or_reply(self, req: dict[str, Any]) -> tuple[Reply | None, Response | None]:
+        action = self._next_action() or {}
+        status = action.get("status")
+        if status:
+            self._count(f"http_{status}")
+            headers = {}
+            if status == 429:
+                ra = action.get("retry_after", self.config.retry_after_s)
+                headers["retry-after"] = ra if isinstance(ra, str) else f"{ra:g}"
+            return None, self._error(int(status), f"injected HTTP {status}", headers)
+        if action.get("hang"):
+            self._count("hang")
+            assert self._stopping is not None
+            try:
+                await asyncio.wait_for(self._stopping.wait(), timeout=self.config.hang_s)
+            except asyncio.TimeoutError:
+                pass
+            return None, self._error(500, "hung request released")
+        if action.get("broken_json"):
+            self._count("broken_json")
+            return None, Response('{"id": "chatcmpl-broken", "choices": [', media_type="application/json")
+        if action.get("malformed"):
+            self._count("malformed")
+            with self._lock:
+                garbage = "".join(self._rng.choice(_GARBAGE) for _ in range(24))
+            return Reply(garbage), None
+        if "text" in action:
+            reply = Reply(action["text"], action.get("logprobs"), action.get("finish_reason"))
+        else:
+            reply = self._answer(req)
+        limit = req.get("max_tokens") or req.get("max_completion_tokens")
+        if action.get("truncated"):
+            self._count("truncated")
+            reply = Reply(reply.text[: max(0, len(reply.text) // 2)], None, "length")
+        elif limit and count_tokens(reply.text) > int(limit):  # honour max_tokens like a real endpoint
+            kept = _TOKEN_RE.findall(reply.text)[: int(limit)]
+            cut = reply.text
+            end = 0
+            for t in kept:
+                end = cut.index(t, end) + len(t)
+            reply = Reply(cut[:end], None, "length")
+            self._count("cut_by_max_tokens")
+        self._count("ok")
+        return reply, None
+
+    def _logprobs_for(self, req: dict[str, Any], reply: Reply, n_top: int) -> list[tuple[str, float, dict[str, float]]] | None:
+        if self.config.logprobs_mode != "on":
+            return None
+        return reply.logprobs if reply.logprobs is not None else _default_logprobs(reply.text, n_top)
+
+    async def _chat(self, request: Request) -> Response:
+        req, err = await self._prepare(request, "chat")
+        if err is not None:
+            return err
+        assert req is not None
+        reply, err = await self._failure_or_reply(req)
+        if err is not None:
+            return err
+        assert reply is not None
+        lp_block = None
+        if req.get("logprobs"):
+            lps = self._logprobs_for(req, reply, int(req.get("top_logprobs") or 0))
+            if lps is not None:
+                lp_block = {"content": [
+                    {"token": t, "logprob": lp, "bytes": list(t.encode()),
+                     "top_logprobs": [{"token": a, "logprob": alp, "bytes": list(a.encode())}
+                                      for a, alp in list(top.items())[: int(req.get("top_logprobs") or 0)]]}
+                    for t, lp, top in lps]}
+        prompt_tokens = count_tokens(prompt_text(req))
+        completion_tokens = count_tokens(reply.text)
+        return JSONResponse({
+            "id": f"chatcmpl-test{self.stats['requests']}", "object": "chat.completion",
+            "created": int(time.time()), "model": req.get("model", "test-model"),
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": reply.text},
+                         "logprobs": lp_block, "finish_reason": reply.finish_reason or "stop"}],
+            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                      "total_tokens": prompt_tokens + completion_tokens},
+        })
+
+    async def _completions(self, request: Request) -> Response:
+        req, err = await self._prepare(request, "completions")
+        if err is not None:
+            return err
+        assert req is not None
+        reply, err = await self._failure_or_reply(req)
+        if err is not None:
+            return err
+        assert reply is not None
+        lp_block = None
+        if req.get("logprobs") is not None and req.get("logprobs") is not False:
+            n_top = int(req["logprobs"]) if not isinstance(req["logprobs"], bool) else 1
+            lps = self._logprobs_for(req, reply, n_top)
+            if lps is not None:
+                offsets, pos = [], 0
+                for t, _, _ in lps:
+                    offsets.append(pos)
+                    pos += len(t)
+                lp_block = {"tokens": [t for t, _, _ in lps], "token_logprobs": [lp for _, lp, _ in lps],
+                            "top_logprobs": [dict(list(top.items())[:n_top]) for _, _, top in lps],
+                            "text_offset": offsets}
+        prompt_tokens = count_tokens(prompt_text(req))
+        completion_tokens = count_tokens(reply.text)
+        return JSONResponse({
+            "id": f"cmpl-test{self.stats['requests']}", "object": "text_completion",
+            "created": int(time.time()), "model": req.get("model", "test-model"),
+            "choices": [{"index": 0, "text": reply.text, "logprobs": lp_block,
+                         "finish_reason": reply.finish_reason or "stop"}],
+            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                      "total_tokens": prompt_tokens + completion_tokens},
+        })
+
+    async def _models(self, request: Request) -> Response:
+        self._count("requests", "models")
+        names = self.config.models or ["test-model"]
+        return JSONResponse({"object": "list", "data": [
+            {"id": m, "object": "model", "created": 0, "owned_by": "labeler-test"} for m in names]})
+
+
