@@ -71,7 +71,9 @@ def agreement_heatmap(ag: Agreement) -> str:
     for i in range(k):
         for j in range(k):
             txt = "n/a" if np.isnan(m[i, j]) else f"{m[i, j]:.2f}"
-            ax.text(j, i, f"{txt}\nn={ag.n[i][j]}", ha="center", va="center", fontsize=7)
+            dark = not np.isnan(m[i, j]) and abs(m[i, j]) > 0.6
+            ax.text(j, i, f"{txt}\nn={ag.n[i][j]}", ha="center", va="center", fontsize=7,
+                    color="white" if dark else "black")
     fig.colorbar(im, ax=ax, shrink=0.8, label="Spearman ρ")
     ax.set_title("agreement between scorers", fontsize=9)
     return to_data_uri(fig)

@@ -20,7 +20,9 @@ from labeler.report.data import ExplanationRow, FeatureRow, ReportData, ScoreRow
 
 @lru_cache(maxsize=16)
 def _engine_for_url(url: str) -> sa.Engine:
-    return sa.create_engine(url)
+    from labeler.db.engine import make_engines
+
+    return make_engines(url)[1]  # the read engine (SQLite: never blocks writers)
 
 
 def engine_of(source: Any) -> sa.Engine:
@@ -28,9 +30,10 @@ def engine_of(source: Any) -> sa.Engine:
         return source
     if isinstance(source, str):
         return _engine_for_url(source)
-    eng = getattr(source, "engine", None)
-    if isinstance(eng, sa.Engine):
-        return eng
+    for attr in ("read_engine", "reader", "engine"):
+        eng = getattr(source, attr, None)
+        if isinstance(eng, sa.Engine):
+            return eng
     url = getattr(source, "url", None)
     if isinstance(url, str):
         return _engine_for_url(url)
@@ -204,3 +207,13 @@ def feature_detail(source: Any, sae_id: int, index: int) -> dict[str, Any] | Non
                           "label": config_label(e.explainer, e.llm_model, e.prompt_version),
                           "scores": by_exp.get(e.id, [])} for e in exps],
     }
+
+
+def list_features_by_index(source: Any, sae_id: int, indices: list[int]) -> list[FeatureListItem]:
+    F = m.Feature.__table__
+    if not indices:
+        return []
+    q = (sa.select(F.c.index, F.c.density, F.c.max, F.c.label_text, F.c.label_method, F.c.label_score)
+         .where(F.c.sae_id == sae_id, F.c.index.in_(indices)))
+    with engine_of(source).connect() as c:
+        return [_item(r) for r in c.execute(q)]
