@@ -29,7 +29,10 @@ JOB_STATUSES = ("pending", "running", "cancelled", "done")
 def _repository(url: str) -> Any:
     from labeler.db.repository import Repository
 
-    return Repository(url)
+    repo = Repository(url)
+    if repo.current_revision() is None:  # a fresh database (the embedded SQLite default)
+        repo.upgrade()
+    return repo
 
 
 def get_repository(settings: Settings | None = None) -> Any:
@@ -144,7 +147,10 @@ async def run_chunk_async(job_id: int, store_path: str, features: list[int], spe
 
 
 def _status(repo: Any, job_id: int) -> str:
-    return str(repo.job_info(job_id)["status"])
+    info = repo.job_info(job_id, max_errors=0)
+    if info is None:
+        raise InputError(f"no job {job_id} in {repo!r}")
+    return str(info["status"])
 
 
 def _cancel_probe(repo: Any, job_id: int, every_s: float = 1.0) -> Callable[[], bool]:
@@ -163,13 +169,13 @@ def _cancel_probe(repo: Any, job_id: int, every_s: float = 1.0) -> Callable[[], 
 
 def _counts(info: dict[str, Any]) -> dict[str, int]:
     counts = info.get("counts") or {}
-    return {k: int(counts.get(k, info.get(k, 0)) or 0) for k in ("done", "failed", "pending")}
+    return {k: int(counts.get(k, 0) or 0) for k in ("done", "failed", "pending")}
 
 
 def finish_if_complete(job_id: int, settings: Settings | None = None) -> bool:
     """Mark the job done when no feature is pending (failures count as finished)."""
+    info = job_progress(job_id, settings)
     repo = get_repository(settings)
-    info = repo.job_info(job_id)
     if info["status"] in ("cancelled", "done"):
         return info["status"] == "done"
     if _counts(info)["pending"] == 0:
@@ -213,7 +219,7 @@ def run_job_inprocess(store_path: str | Path, features: Iterable[int], spec: Lab
 def cancel_job(job_id: int, settings: Settings | None = None) -> dict[str, Any]:
     """Stop the job: queued chunks skip on start, running chunks start no new feature."""
     repo = get_repository(settings)
-    info = repo.job_info(job_id)
+    info = job_progress(job_id, settings)
     if info["status"] != "done":
         repo.set_job_status(job_id, "cancelled")
     return job_progress(job_id, settings)
@@ -244,12 +250,10 @@ def retry_failed(job_id: int, settings: Settings | None = None, *, inprocess: bo
 def job_progress(job_id: int, settings: Settings | None = None) -> dict[str, Any]:
     """Status, counts (done / failed / pending), tokens, cost and failure reasons."""
     repo = get_repository(settings)
-    try:
-        info = dict(repo.job_info(job_id))
-    except KeyError:
-        raise InputError(f"no job {job_id}") from None
-    info.setdefault("id", job_id)
-    return info
+    info = repo.job_info(job_id)
+    if info is None:
+        raise InputError(f"no job {job_id} in {repo!r}: see `labeler jobs` for the list")
+    return dict(info)
 
 
 def wait_for_job(job_id: int, settings: Settings | None = None, timeout_s: float = 120.0,

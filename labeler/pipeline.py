@@ -275,6 +275,8 @@ async def label_features(
         result.usage.add(exp.usage)
         if exp.failed or not exp.text.strip():
             st.error = f"explain: {exp.error or 'empty explanation'}"
+            if exp.failed:  # kept for audit (raw answer); never used as a label
+                repo.save_explanation(sae_id, exp, job_id=job_id)
             return
         st.explanation = exp
         st.exp_id = repo.save_explanation(sae_id, exp, job_id=job_id)

@@ -229,9 +229,12 @@ def jobs_cmd(job_id: Optional[int] = typer.Argument(None, help="job id (default:
 
 
 def _job_line(info: dict[str, Any]) -> str:
-    c = info.get("counts") or info
-    return (f"job {info.get('id')}: {info.get('status')}  done {c.get('done', 0)}  failed {c.get('failed', 0)}  "
-            f"pending {c.get('pending', 0)}  tokens {info.get('tokens', 0)}  cost ${float(info.get('cost') or info.get('cost_usd') or 0):.4f}")
+    c = info.get("counts") or {}
+    t = info.get("tokens") or {}
+    return (f"job {info.get('id')} [{info.get('model')}/{info.get('sae')}]: {info.get('status')}  "
+            f"done {c.get('done', 0)}  failed {c.get('failed', 0)}  pending {c.get('pending', 0)} / "
+            f"{info.get('n_features')}  LLM calls {t.get('calls', 0)}  tokens {t.get('prompt', 0)} prompt + "
+            f"{t.get('completion', 0)} completion  cost ${float(info.get('cost_usd') or 0):.4f}")
 
 
 def _print_job(info: dict[str, Any], as_json: bool) -> None:
@@ -239,7 +242,5 @@ def _print_job(info: dict[str, Any], as_json: bool) -> None:
         print(json.dumps(info, indent=2, default=str))
         return
     print(_job_line(info))
-    errors = info.get("errors") or {}
-    items = errors.items() if isinstance(errors, dict) else [(e.get("feature"), e.get("error")) for e in errors]
-    for f, why in list(items)[:20]:
-        print(f"  feature {f}: {why}")
+    for e in (info.get("errors") or [])[:20]:
+        print(f"  feature {e['feature']} failed (attempts {e.get('attempts')}): {e['error']}")
