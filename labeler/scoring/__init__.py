@@ -1,0 +1,60 @@
+"""Scoring explanations on held-out examples.
+
+```python
+from labeler.scoring import get_scorer, pick_control_explanation
+scorer = get_scorer("simulation", llm=get_llm("simulator"))   # llm=None: offline baseline simulator
+res = await scorer.score(record, explanation_text)            # split="test", control=False
+ctrl = await scorer.score(record, pick_control_explanation(record.feature, texts_by_feature), control=True)
+```
+
+Scorers: simulation (headline), detection, fuzzing, embedding (offline), rubric.  The math is in
+:mod:`labeler.scoring.metrics` (pure functions).  Scorers never raise on LLM failure; they return
+``ScoreResult(failed=True, error=...)``; ``BudgetExceeded`` propagates.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping
+from typing import Any
+
+from labeler.core.errors import ConfigError
+from labeler.scoring import metrics
+from labeler.scoring.base import Scorer, ScorerOptions
+from labeler.scoring.embedding import EmbeddingScorer
+from labeler.scoring.judges import DetectionScorer, FuzzingScorer, RubricScorer
+from labeler.scoring.simulation import SimulationScorer
+
+SCORERS: dict[str, type[Scorer]] = {
+    cls.name: cls for cls in (SimulationScorer, DetectionScorer, FuzzingScorer, EmbeddingScorer, RubricScorer)
+}
+
+
+def get_scorer(name: str, llm: Any = None, **options: Any) -> Scorer:
+    """A scorer by name.  ``llm`` is an LLMClient (role: ``SCORERS[name].llm_role``) or None.
+
+    simulation without an LLM uses the offline baseline simulator; embedding never uses one;
+    detection, fuzzing and rubric need one (ConfigError otherwise).  Unknown names or options
+    raise ConfigError naming them.
+    """
+    try:
+        cls = SCORERS[name]
+    except KeyError:
+        raise ConfigError(f"unknown scorer {name!r}; choose from {', '.join(SCORERS)}") from None
+    return cls(llm=llm, **options)
+
+
+def pick_control_explanation(feature: int, explanations_by_feature: Mapping[int, str], seed: int = 0) -> str | None:
+    """Another feature's explanation, chosen deterministically from (feature, seed).
+
+    Scoring it on ``feature``'s examples (``control=True``) gives the chance line.  None when no
+    other feature has a non-empty explanation.
+    """
+    others = sorted(f for f, t in explanations_by_feature.items() if f != feature and t and t.strip())
+    if not others:
+        return None
+    return explanations_by_feature[random.Random(f"control:{seed}:{feature}").choice(others)]
+
+
+__all__ = ["SCORERS", "get_scorer", "pick_control_explanation", "metrics", "Scorer", "ScorerOptions",
+           "SimulationScorer", "DetectionScorer", "FuzzingScorer", "EmbeddingScorer", "RubricScorer"]

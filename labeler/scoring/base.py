@@ -1,0 +1,231 @@
+"""What every scorer shares: options, held-out example selection, LLM calls with answer checks."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar, TypeVar
+
+from labeler.core.errors import BudgetExceeded, ConfigError, LLMError
+from labeler.core.prompts import PromptTemplate, load_prompt
+from labeler.records import ActivationExample, FeatureRecord, LLMUsage, ScoreResult
+
+T = TypeVar("T")
+
+HELD_OUT_SPLITS = ("valid", "test")
+
+
+class MalformedAnswer(ValueError):
+    """The LLM answered, but not in the requested shape; the message tells it what was wrong."""
+
+
+class ScoringFailed(Exception):
+    """Internal: ends one scoring run; turned into ``ScoreResult(failed=True)``."""
+
+    def __init__(self, message: str, details: dict[str, Any] | None = None):
+        super().__init__(message)
+        self.details = details or {}
+
+
+@dataclass
+class ScorerOptions:
+    """Options every scorer accepts."""
+
+    seed: int = 0  # shuffles and random choices derive from (method, seed, feature)
+    max_parse_retries: int = 2  # extra attempts after a malformed answer
+    use_logprobs: bool | None = None  # None: use them when the endpoint supports them
+    prompt_version: str | None = None  # None: newest prompts/score_<method>/v<N>.yaml
+
+    def validate(self) -> None:
+        if self.max_parse_retries < 0:
+            raise ConfigError("max_parse_retries must be >= 0")
+
+
+O = TypeVar("O", bound=ScorerOptions)
+
+
+class Scorer(ABC):
+    """Base class: ``await scorer.score(record, explanation, split="test", control=False)``.
+
+    Scorers read only held-out examples (``record.select(split, ...)`` with split valid/test)
+    and never raise on LLM failure: they return ``ScoreResult(failed=True, error=...)``.
+    ``BudgetExceeded`` propagates so the caller stops starting new work.
+    """
+
+    name: ClassVar[str]
+    needs_llm: ClassVar[bool] = True
+    llm_role: ClassVar[str] = "scorer"  # which LLM role a caller should pass (see get_llm)
+    Options: ClassVar[type[ScorerOptions]] = ScorerOptions
+
+    def __init__(self, llm: Any = None, **options: Any):
+        known = {f.name for f in fields(self.Options)}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise ConfigError(
+                f"unknown option(s) {', '.join(map(repr, unknown))} for scorer {self.name!r} "
+                f"(known: {', '.join(sorted(known))})"
+            )
+        self.options = self.Options(**options)
+        self.options.validate()
+        if self.needs_llm and llm is None:
+            raise ConfigError(
+                f"scorer {self.name!r} needs an LLM endpoint: set LABELER_LLM_BASE_URL / "
+                f"LABELER_{self.llm_role.upper()}_BASE_URL (or OPENAI_BASE_URL / OPENAI_API_KEY)"
+            )
+        self.llm = llm
+
+    # -- public ---------------------------------------------------------------------------
+
+    async def score(self, record: FeatureRecord, explanation: str, *, split: str = "test",
+                    control: bool = False) -> ScoreResult:
+        if split not in HELD_OUT_SPLITS:
+            raise ConfigError(f"scoring uses held-out examples only: split must be one of "
+                              f"{HELD_OUT_SPLITS}, not {split!r} (the explainer saw 'train')")
+        result = ScoreResult(feature=record.feature, method=self.name, value=None,
+                             explanation=explanation, control=control,
+                             llm_model=getattr(self.llm, "model", None) if self.needs_llm or self.llm else None)
+        result.details["split"] = split
+        if not explanation or not explanation.strip():
+            result.failed, result.error = True, "empty explanation: nothing to score"
+            return result
+        try:
+            await self._score(record, explanation, split, result)
+        except ScoringFailed as e:
+            result.failed, result.error = True, str(e)
+            result.value = None
+            result.details.update(e.details)
+        return result
+
+    # -- for subclasses -------------------------------------------------------------------
+
+    @abstractmethod
+    async def _score(self, record: FeatureRecord, explanation: str, split: str, result: ScoreResult) -> None:
+        """Fill ``result`` (value, metrics, example_windows, details); raise ScoringFailed."""
+
+    def rng(self, record: FeatureRecord) -> random.Random:
+        """Deterministic per (method, seed, feature): a control run sees the same examples."""
+        return random.Random(f"{self.name}:{self.options.seed}:{record.feature}")
+
+    def prompt(self, result: ScoreResult) -> PromptTemplate:
+        tpl = load_prompt(f"score_{self.name}", self.options.prompt_version)
+        result.prompt_name, result.prompt_version = tpl.name, tpl.version
+        result.details["prompt_hash"] = tpl.hash
+        return tpl
+
+    async def want_logprobs(self) -> bool:
+        if self.llm is None or self.options.use_logprobs is False:
+            return False
+        try:
+            supported = bool(await self.llm.supports_logprobs())
+        except BudgetExceeded:
+            raise
+        except LLMError:
+            supported = False
+        if self.options.use_logprobs and not supported:
+            raise ConfigError(f"use_logprobs=True but the endpoint ({self.llm.model}) returns no logprobs")
+        return supported
+
+    async def ask(self, messages: list[dict[str, str]], parse: Callable[[Any], T], usage: LLMUsage, *,
+                  max_tokens: int, logprobs: bool = False, response_format: dict | None = None,
+                  attempts_log: list | None = None) -> T:
+        """One LLM request whose answer must pass ``parse(response)``.
+
+        A malformed answer is retried up to ``max_parse_retries`` times, each time showing the
+        model its previous answer and what was wrong (which also keeps a response cache from
+        replaying the same bad answer).  LLMError after the client's own retries -> ScoringFailed.
+        """
+        convo = list(messages)
+        last_error = ""
+        for attempt in range(self.options.max_parse_retries + 1):
+            try:
+                resp = await self.llm.chat(convo, max_tokens=max_tokens, temperature=0.0,
+                                           logprobs=logprobs, top_logprobs=20 if logprobs else None,
+                                           response_format=response_format)
+            except BudgetExceeded:
+                raise
+            except LLMError as e:
+                raise ScoringFailed(f"LLM call failed ({e.kind}): {e}") from None
+            usage.add(resp.usage)
+            try:
+                return parse(resp)
+            except MalformedAnswer as e:
+                last_error = str(e)
+                if attempts_log is not None:
+                    attempts_log.append({"attempt": attempt + 1, "error": last_error, "raw": resp.text[:2000]})
+                convo = list(messages) + [
+                    {"role": "assistant", "content": resp.text},
+                    {"role": "user", "content": f"That answer is malformed: {last_error}. "
+                                                f"Answer again, exactly in the requested format."},
+                ]
+        raise ScoringFailed(
+            f"malformed LLM answer after {self.options.max_parse_retries + 1} attempt(s): {last_error}",
+            {"malformed_attempts": attempts_log or []},
+        )
+
+
+# -- held-out examples ---------------------------------------------------------------------
+
+
+def held_out(record: FeatureRecord, split: str, kind: str, n: int) -> list[ActivationExample]:
+    """The first ``n`` stored examples of one kind in a held-out split (top: highest first)."""
+    if split not in HELD_OUT_SPLITS:  # defence in depth: never hand train windows to a scorer
+        raise ConfigError(f"split {split!r} is not held out")
+    return record.select(split, kind)[:n]  # type: ignore[arg-type]
+
+
+def context_text(example: ActivationExample) -> str:
+    return "".join(example.tokens)
+
+
+# -- answer parsing ------------------------------------------------------------------------
+
+_JSON_LIST = re.compile(r"\[.*\]", re.S)
+
+
+def parse_json_list(text: str, n: int, allowed: set[int], what: str) -> list[int]:
+    """A JSON list of exactly ``n`` integers from ``allowed``, found anywhere in ``text``."""
+    m = _JSON_LIST.search(text or "")
+    if not m:
+        raise MalformedAnswer(f"no JSON list found; expected a list of {n} {what}")
+    try:
+        data = json.loads(m.group(0))
+    except json.JSONDecodeError as e:
+        raise MalformedAnswer(f"the list is not valid JSON ({e.msg})") from None
+    if not isinstance(data, list) or len(data) != n:
+        got = len(data) if isinstance(data, list) else type(data).__name__
+        raise MalformedAnswer(f"expected a list of {n} {what}, got {got} items")
+    out: list[int] = []
+    for i, v in enumerate(data, 1):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or int(v) != v or int(v) not in allowed:
+            raise MalformedAnswer(f"item {i} is {v!r}; allowed values are {sorted(allowed)}")
+        out.append(int(v))
+    return out
+
+
+def digit_logprob_values(logprobs: list | None, n: int, scale: tuple[str, ...]) -> list[float] | None:
+    """Expected value over ``scale`` at each of the first ``n`` answer tokens that are scale digits.
+
+    Used for list answers like ``[1, 0, 1]``: the k-th scale token in the completion is the k-th
+    answer.  None when the logprobs do not line up (then callers use the hard answers only).
+    """
+    from labeler.scoring.metrics import expected_value
+
+    if not logprobs:
+        return None
+    allowed = set(scale)
+    values: list[float] = []
+    for tok in logprobs:
+        if tok.token.strip() in allowed:
+            top = dict(tok.top or {})
+            top.setdefault(tok.token, tok.logprob)
+            ev = expected_value(top, scale)
+            if ev is None:
+                return None
+            values.append(ev)
+    if len(values) != n:
+        return None
+    return values
