@@ -46,6 +46,7 @@ class ExplanationRow:
     prompt_name: str | None = None
     prompt_version: str | None = None
     config_hash: str | None = None
+    job_id: int | None = None
     cost_usd: float = 0.0
     prompt_tokens: int = 0
     completion_tokens: int = 0

@@ -116,7 +116,7 @@ def load_report_data(source: Any, sae: SaeInfo | str | int, *, title: str | None
         exps.append(ExplanationRow(
             id=r.id, feature=r.feature_index, label=label, explainer=r.explainer, text=r.text,
             llm_model=r.llm_model, prompt_name=r.prompt_name, prompt_version=r.prompt_version,
-            config_hash=r.config_hash, cost_usd=r.cost_usd or 0.0, prompt_tokens=r.prompt_tokens or 0,
+            config_hash=r.config_hash, job_id=r.job_id, cost_usd=r.cost_usd or 0.0, prompt_tokens=r.prompt_tokens or 0,
             completion_tokens=r.completion_tokens or 0, failed=bool(r.failed)))
     label_of = {e.id: e.label for e in exps}
     scores = [ScoreRow(explanation_id=r.explanation_id, feature=r.feature_index, label=label_of[r.explanation_id],

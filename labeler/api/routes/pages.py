@@ -129,11 +129,11 @@ def _sae_or_404(source: Any, model: str, sae: str) -> queries.SaeInfo:
 
 def _search(request: Request, source: Any, sae: queries.SaeInfo, q: str, limit: int) -> list[queries.FeatureListItem]:
     """Use the repository's search when it offers one, else a plain text match on explanations."""
-    repo_search = getattr(source, "search_features", None)
+    repo_search = getattr(source, "search_text", None)
     if callable(repo_search):
         try:
-            hits = repo_search(sae.id, q, limit=limit)
-            indices = [h["index"] if isinstance(h, dict) else int(getattr(h, "index", h)) for h in hits]
+            hits = repo_search(q, sae_id=sae.id, limit=limit * 3)  # several explanations per feature
+            indices = list(dict.fromkeys(int(h["index"]) for h in hits))[:limit]
             by_index = {i.index: i for i in queries.list_features_by_index(source, sae.id, indices)}
             return [by_index[i] for i in indices if i in by_index]
         except Exception as e:  # fall back rather than fail the page
