@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import random
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterable
 
@@ -24,10 +23,7 @@ from labeler.core.errors import BudgetExceeded, ConfigError, LLMError
 from labeler.records import Explanation, FeatureRecord, LLMUsage, ScoreResult
 
 OFFLINE_EXPLAINERS = frozenset({"baseline"})
-OFFLINE_SCORERS = frozenset({"simulation", "embedding"})  # simulation falls back to the offline simulator
 DEFAULT_SCORERS = ("simulation",)
-
-_LLM_SCORER_ROLE = {"simulation": "simulator"}  # every other LLM scorer uses the "scorer" role
 
 
 @dataclass
@@ -107,13 +103,17 @@ def validate_spec(spec: LabelSpec, settings: Settings | None = None) -> None:
             f"explainer {spec.explainer!r} needs an LLM endpoint and none is configured: set "
             "OPENAI_BASE_URL / OPENAI_API_KEY (or LABELER_EXPLAINER_BASE_URL), or use --explainer baseline"
         )
+    from labeler.scoring import SCORERS
+
     for name in spec.scorers:
-        role = _LLM_SCORER_ROLE.get(name, "scorer")
-        if name not in OFFLINE_SCORERS and not llm_endpoint_configured(role, settings):
+        if name not in SCORERS:
+            raise ConfigError(f"unknown scorer {name!r}; choose from {', '.join(SCORERS)}")
+        cls = SCORERS[name]
+        if cls.needs_llm and not llm_endpoint_configured(cls.llm_role, settings):
+            offline = sorted(n for n, c in SCORERS.items() if not c.needs_llm)
             raise ConfigError(
                 f"scorer {name!r} needs an LLM endpoint and none is configured: set OPENAI_BASE_URL / "
-                f"OPENAI_API_KEY (or LABELER_{role.upper()}_BASE_URL), or use only "
-                f"{', '.join(sorted(OFFLINE_SCORERS))}"
+                f"OPENAI_API_KEY (or LABELER_{cls.llm_role.upper()}_BASE_URL), or use only {', '.join(offline)}"
             )
 
 
@@ -148,12 +148,12 @@ def _build_stages(spec: LabelSpec, settings: Settings, *, explain: bool = True, 
         explainer = get_explainer(spec.explainer, llm=llm, **spec.explainer_options)
     scorers: dict[str, Any] = {}
     if score:
-        from labeler.scoring import get_scorer
+        from labeler.scoring import SCORERS, get_scorer
 
         for name in spec.scorers:
-            role = _LLM_SCORER_ROLE.get(name, "scorer")
-            model = spec.simulator_model if role == "simulator" else spec.scorer_model
-            llm = None if name == "embedding" else llm_for(role, model)
+            cls = SCORERS[name]
+            model = spec.simulator_model if cls.llm_role == "simulator" else spec.scorer_model
+            llm = llm_for(cls.llm_role, model) if name != "embedding" else None
             scorers[name] = get_scorer(name, llm=llm, **spec.scorer_options.get(name, {}))
     return _Stages(explainer, scorers, llms)
 
@@ -169,18 +169,19 @@ def sae_id_for_store(repo: Any, store: Any) -> int:
     return sae_id if sae_id is not None else repo.register_store(store)
 
 
-def control_partners(features: list[int], seed: int) -> dict[int, int]:
-    """A seeded derangement: each feature's control explanation comes from another feature.
+def control_texts(texts_by_feature: dict[int, str], seed: int) -> dict[int, str]:
+    """Each feature's control explanation: another feature's, from the same chunk.
 
-    Depends only on the chunk's features and the seed, so every run of the same chunk picks
-    the same partners."""
-    if len(features) < 2:
-        return {}
-    order = sorted(features)
-    rng = random.Random(f"control:{seed}:{','.join(map(str, order))}")
-    shift = rng.randrange(1, len(order))
-    rng.shuffle(order)
-    return {order[i]: order[(i + shift) % len(order)] for i in range(len(order))}
+    Depends only on the chunk's explanations and the seed, so every run of the same chunk
+    (queued or in-process) picks the same controls."""
+    from labeler.scoring import pick_control_explanation
+
+    out = {}
+    for f in texts_by_feature:
+        text = pick_control_explanation(f, texts_by_feature, seed=seed)
+        if text is not None:
+            out[f] = text
+    return out
 
 
 def _reason(exc: BaseException) -> str:
@@ -313,14 +314,9 @@ async def label_features(
         if score:
             if not explain:  # score stored explanations (``labeler score``) is handled by score_features
                 raise ConfigError("label_features(score only) is not supported; use score_features")
-            ok = [f for f, st in states.items() if st.explanation is not None]
-            partners = control_partners(ok, spec.seed) if spec.control else {}
-
-            def partner_text(f: int) -> str | None:
-                p = partners.get(f)
-                return states[p].explanation.text if p is not None else None  # type: ignore[union-attr]
-
-            await run_phase([guarded(st, lambda s: score_one(s, partner_text(s.feature)))
+            texts = {f: st.explanation.text for f, st in states.items() if st.explanation is not None}
+            controls = control_texts(texts, spec.seed) if spec.control else {}
+            await run_phase([guarded(st, lambda s: score_one(s, controls.get(s.feature)))
                              for st in states.values() if st.explanation is not None])
     finally:
         await _close_llms(stages.llms)
@@ -390,13 +386,12 @@ async def score_features(
     stages = _build_stages(probe, settings, explain=False, score=True)
     sem = asyncio.Semaphore(max_in_flight or settings.llm_concurrency)
     result = ChunkResult()
-    stored: dict[int, list[dict[str, Any]]] = {}
-    for f in features:
-        view = repo.feature_view(sae_id, f)
-        stored[f] = [e for e in view.get("explanations", []) if e.get("text") and not e.get("failed")]
+    stored: dict[int, list[dict[str, Any]]] = {f: [] for f in features}
+    for view in repo.features_view(sae_id, features):
+        stored[view["index"]] = [e for e in view.get("explanations", []) if e.get("text") and not e.get("failed")]
     with_exp = [f for f in features if stored[f]]
     result.not_started = [f for f in features if not stored[f]]
-    partners = control_partners(with_exp, spec.seed) if spec.control else {}
+    controls = control_texts({f: stored[f][0]["text"] for f in with_exp}, spec.seed) if spec.control else {}
     stop: list[str] = []
 
     async def one(f: int) -> None:
@@ -407,8 +402,8 @@ async def score_features(
                 record = await asyncio.to_thread(store.feature, f)
                 for exp in stored[f]:
                     runs = [(False, exp["text"])]
-                    if f in partners:
-                        runs.append((True, stored[partners[f]][0]["text"]))
+                    if f in controls:
+                        runs.append((True, controls[f]))
                     for name, scorer in stages.scorers.items():
                         for control, text in runs:
                             res = await scorer.score(record, text, split="test", control=control)

@@ -30,7 +30,18 @@ def make_app(settings: Settings | None = None) -> Celery:
     broker = settings.resolved_broker_url or "redis://127.0.0.1:6379/0"
     backend = settings.resolved_result_backend or broker
     app = Celery("labeler", broker=broker, backend=backend, include=["workers.tasks"])
-    transport = {"visibility_timeout": visibility_timeout_s()}
+    vt = visibility_timeout_s()
+    transport = {
+        "visibility_timeout": vt,
+        # sweep for messages abandoned by dead workers a few times per visibility timeout
+        "unacked_restore_interval": max(1, min(10, vt // 4)),
+        "unacked_restore_throttle": 1 if vt < 120 else 10,
+        # notice a restarted or vanished Redis instead of waiting on a dead socket
+        "socket_timeout": 30,
+        "socket_connect_timeout": 5,
+        "health_check_interval": 10,
+        "retry_on_timeout": True,
+    }
     app.conf.update(
         task_serializer="json",
         result_serializer="json",
