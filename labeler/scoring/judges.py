@@ -172,6 +172,27 @@ def highlight(tokens: list[str], positions: set[int]) -> str:
     return "".join(out)
 
 
+def fuzzing_items(examples: list[ActivationExample], highlight_fraction: float,
+                  rng: random.Random) -> list[_Item]:
+    """For each activating context: the right tokens marked (target 1), and as many tokens
+    drawn at random from its non-activating positions marked (target 0; skipped when the
+    context has no non-activating position)."""
+    items: list[_Item] = []
+    for e in examples:
+        peak = max(e.activations, default=0.0)
+        if peak <= 0:
+            continue
+        right = [i for i, a in enumerate(e.activations) if a > highlight_fraction * peak]
+        quiet = [i for i, a in enumerate(e.activations) if a <= 0]
+        items.append(_Item(e, json.dumps(highlight(e.tokens, set(right)), ensure_ascii=False), 1.0,
+                           {"highlighted": right}))
+        if quiet:
+            wrong = sorted(rng.sample(quiet, min(len(right), len(quiet))))
+            items.append(_Item(e, json.dumps(highlight(e.tokens, set(wrong)), ensure_ascii=False), 0.0,
+                               {"highlighted": wrong}))
+    return items
+
+
 class FuzzingScorer(_JudgeScorer):
     """Correctly highlighted activating contexts vs the same contexts with wrong tokens marked."""
 
@@ -180,20 +201,8 @@ class FuzzingScorer(_JudgeScorer):
 
     def items(self, record: FeatureRecord, split: str, rng: random.Random) -> list[_Item]:
         o = self.options
-        items: list[_Item] = []
-        for e in held_out(record, split, "top", o.n_top) + held_out(record, split, "random", o.n_random):
-            peak = max(e.activations, default=0.0)
-            if peak <= 0:
-                continue
-            right = [i for i, a in enumerate(e.activations) if a > o.highlight_fraction * peak]
-            quiet = [i for i, a in enumerate(e.activations) if a <= 0]
-            items.append(_Item(e, json.dumps(highlight(e.tokens, set(right)), ensure_ascii=False), 1.0,
-                               {"highlighted": right}))
-            if quiet:
-                wrong = sorted(rng.sample(quiet, min(len(right), len(quiet))))
-                items.append(_Item(e, json.dumps(highlight(e.tokens, set(wrong)), ensure_ascii=False), 0.0,
-                                   {"highlighted": wrong}))
-        return items
+        examples = held_out(record, split, "top", o.n_top) + held_out(record, split, "random", o.n_random)
+        return fuzzing_items(examples, o.highlight_fraction, rng)
 
     def summarise(self, items, answers, soft, result):
         _classification_metrics(items, answers, soft, result)
