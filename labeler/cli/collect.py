@@ -1,3 +1,113 @@
-"""CLI commands for this stage (see docs/ARCHITECTURE.md for ownership)."""
+"""CLI commands of the collect stage: ``collect``, ``inspect``, ``train-sae``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
 
 from labeler.cli._app import app  # noqa: F401
+
+
+def _device(device: Optional[str]) -> str:
+    from labeler.core.config import get_settings
+
+    s = get_settings()
+    if device in (None, "auto"):
+        return s.resolved_device() if device is None or device == "auto" else device
+    return device
+
+
+@app.command()
+def collect(
+    model: str = typer.Option(..., "--model", help="Hub id or local path of a transformers model."),
+    hook: str = typer.Option(..., "--hook", help="Module name, e.g. transformer.h.6, model.layers.12, encoder.layer.2."),
+    sae: str = typer.Option("neurons", "--sae", help="SAE folder/file (SAELens, sparsify, Gemma Scope npz) or 'neurons'."),
+    corpus: str = typer.Option("builtin", "--corpus", help="File, folder, Hugging Face dataset name, or 'builtin'."),
+    out: Path = typer.Option(..., "--out", help="Store directory to write (or resume)."),
+    hook_io: str = typer.Option("output", "--hook-io", help="Read the module's 'output' or 'input' (transcoders)."),
+    tokens: int = typer.Option(2_000_000, "--tokens", help="Corpus tokens to process."),
+    ctx_len: int = typer.Option(64, "--ctx-len", help="Tokens per window (special tokens excluded)."),
+    batch_size: int = typer.Option(32, "--batch-size", help="Windows per forward pass."),
+    seed: int = typer.Option(0, "--seed"),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:N (default: settings)."),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="float32, bfloat16, float16 (default: settings)."),
+    text_field: str = typer.Option("text", "--text-field", help="Field holding the text in .jsonl/.parquet/datasets."),
+    dataset_split: str = typer.Option("train", "--dataset-split"),
+    drop_bos: bool = typer.Option(False, "--drop-bos", help="Do not put the tokenizer's BOS before each window."),
+    checkpoint_every: float = typer.Option(60.0, "--checkpoint-every", help="Seconds between checkpoints."),
+    force: bool = typer.Option(False, "--force", help="Recompute even if a finished store exists."),
+    no_progress: bool = typer.Option(False, "--no-progress"),
+) -> None:
+    """Stream a corpus through model + SAE once and store every feature's examples."""
+    from labeler.core.config import get_settings
+    from labeler.corpus import CorpusSpec
+    from labeler.examples.collect import CollectConfig, run_collect
+
+    cfg = CollectConfig(
+        model=model, hook=hook, sae=sae, hook_io=hook_io,
+        corpus=CorpusSpec(corpus, text_field=text_field, dataset_split=dataset_split),
+        tokens=tokens, ctx_len=ctx_len, batch_size=batch_size, seed=seed, device=_device(device),
+        dtype=dtype or get_settings().dtype, drop_bos=drop_bos, checkpoint_every_s=checkpoint_every,
+    )
+    path = run_collect(cfg, out, force=force, progress=not no_progress, log=lambda m: typer.echo(m, err=True))
+    typer.echo(str(path))
+
+
+@app.command()
+def inspect(
+    store: Path = typer.Argument(..., help="Store directory written by `labeler collect`."),
+    feature: int = typer.Option(..., "--feature", help="Feature index."),
+    as_json: bool = typer.Option(False, "--json", help="Print the full FeatureRecord as JSON."),
+    split: str = typer.Option("train", "--split", help="Split to show in the human view."),
+    n: int = typer.Option(5, "-n", help="Top contexts to show."),
+) -> None:
+    """Show one feature: statistics and highlighted top contexts."""
+    from labeler.examples.store import FeatureStore
+
+    rec = FeatureStore(store).feature(feature)
+    if as_json:
+        typer.echo(json.dumps(rec.to_dict()))
+        return
+    from rich.console import Console
+    from rich.text import Text
+
+    con = Console()
+    st = rec.stats
+    con.print(f"[bold]feature {rec.feature}[/]  density {st.density:.4%}  max {st.max:.3f}  "
+              f"mean {st.mean:.4f}  mean active {st.mean_active:.3f}  firing {st.count}/{st.tokens_seen}")
+    if rec.promoted_tokens:
+        con.print(f"promotes: {rec.promoted_tokens}\nsuppresses: {rec.suppressed_tokens}", highlight=False)
+    for ex in rec.select(split, "top")[:n]:  # type: ignore[arg-type]
+        peak = ex.max_activation or 1.0
+        line = Text(f"w{ex.window} max {ex.max_activation:6.3f} | ")
+        for tok, a in zip(ex.tokens, ex.activations):
+            shade = int(255 - 200 * max(0.0, a) / peak) if a > 0 else None
+            line.append(tok.replace("\n", "⏎"), style=f"on rgb(255,{shade},{shade})" if shade is not None else "")
+        con.print(line)
+
+
+@app.command("train-sae")
+def train_sae_cmd(
+    model: str = typer.Option(..., "--model"),
+    hook: str = typer.Option(..., "--hook"),
+    out: Path = typer.Option(..., "--out"),
+    corpus: str = typer.Option("builtin", "--corpus"),
+    hook_io: str = typer.Option("output", "--hook-io"),
+    latents: int = typer.Option(4096, "--latents"),
+    k: int = typer.Option(32, "--k"),
+    tokens: int = typer.Option(200_000, "--tokens"),
+    ctx_len: int = typer.Option(64, "--ctx-len"),
+    epochs: int = typer.Option(1, "--epochs"),
+    lr: float = typer.Option(1e-3, "--lr"),
+    seed: int = typer.Option(0, "--seed"),
+    device: Optional[str] = typer.Option(None, "--device"),
+) -> None:
+    """Train a small TopK SAE on a hookpoint and save it in the SAELens layout."""
+    from labeler.activations.train_sae import TrainSAEConfig, train_sae
+
+    cfg = TrainSAEConfig(model=model, hook=hook, corpus=corpus, hook_io=hook_io, latents=latents, k=k,
+                         tokens=tokens, ctx_len=ctx_len, epochs=epochs, lr=lr, seed=seed, device=_device(device))
+    typer.echo(str(train_sae(cfg, out, log=lambda m: typer.echo(m, err=True))))

@@ -1,0 +1,67 @@
+"""An offline corpus every Python install carries: the standard library's docstrings and comments.
+
+Files are walked in sorted order and parsed with ``ast`` (docstrings) and ``tokenize``
+(comments), so the text is the same on every run of the same Python version.
+"""
+
+from __future__ import annotations
+
+import ast
+import io
+import sysconfig
+import tokenize
+from collections.abc import Iterator
+from pathlib import Path
+
+_SKIP_DIRS = {"test", "tests", "idlelib", "site-packages", "lib2to3", "__pycache__", "turtledemo"}
+
+
+def stdlib_files() -> list[Path]:
+    root = Path(sysconfig.get_paths()["stdlib"])
+    out = []
+    for p in sorted(root.rglob("*.py")):
+        if _SKIP_DIRS.intersection(p.relative_to(root).parts[:-1]):
+            continue
+        out.append(p)
+    return out
+
+
+def texts_of_source(source: str) -> list[str]:
+    """Docstrings, then runs of consecutive comment lines joined into paragraphs."""
+    texts: list[str] = []
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError):
+        return texts
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            doc = ast.get_docstring(node)
+            if doc and len(doc) > 20:
+                texts.append(doc)
+    para: list[str] = []
+    last_line = -2
+    try:
+        for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+            if tok.type != tokenize.COMMENT:
+                continue
+            line = tok.string.lstrip("#").strip()
+            if tok.start[0] != last_line + 1 and para:
+                texts.append(" ".join(para))
+                para = []
+            if line and not line.startswith(("!", "-*-", "noqa", "type:", "pragma")):
+                para.append(line)
+            last_line = tok.start[0]
+    except (tokenize.TokenError, SyntaxError, IndentationError):
+        pass
+    if para:
+        texts.append(" ".join(para))
+    return [t for t in texts if len(t) > 20]
+
+
+def iter_builtin_texts() -> Iterator[str]:
+    for path in stdlib_files():
+        try:
+            source = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            continue
+        yield from texts_of_source(source)
