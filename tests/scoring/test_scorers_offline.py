@@ -1,0 +1,174 @@
+"""Scorers that run without an LLM (baseline simulation, embedding), parsing, options, controls."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from labeler.core.errors import ConfigError
+from labeler.records import ActivationExample, FeatureRecord, FeatureStats
+from labeler.scoring import SCORERS, get_scorer, pick_control_explanation
+from labeler.scoring.base import MalformedAnswer, parse_json_list
+from labeler.scoring.judges import fuzzing_items, highlight
+from labeler.scoring.simulation import (
+    baseline_predictions, baseline_vocabulary, parse_json_predictions, parse_lines,
+)
+
+EXPLANATION = 'the token "bridge"'
+
+
+def _windows(record, split):
+    return {e.window for e in record.select(split)}
+
+
+async def test_baseline_simulation_scores_named_trigger_high_and_uses_test_split_only(record):
+    res = await get_scorer("simulation").score(record, EXPLANATION)
+    assert not res.failed and res.method == "simulation" and res.llm_model is None
+    assert res.value is not None and res.value > 0.8
+    assert res.metrics["n_sequences"] == 10 and res.metrics["n_top"] == 5 and res.metrics["n_random"] == 5
+    assert set(res.example_windows) <= _windows(record, "test")
+    assert not set(res.example_windows) & (_windows(record, "train") | _windows(record, "valid"))
+    assert res.details["mode"] == "baseline" and res.usage.calls == 0
+    preds = res.details["sequences"][0]["predictions"]
+    ex = next(e for e in record.examples if e.window == res.details["sequences"][0]["window"])
+    assert [p == 10.0 for p in preds] == [t == " bridge" for t in ex.tokens]
+
+
+async def test_baseline_control_explanation_scores_lower(record):
+    real = await get_scorer("simulation").score(record, EXPLANATION)
+    ctrl = await get_scorer("simulation").score(record, 'the word "guitar"', control=True)
+    assert ctrl.control and not real.control
+    assert ctrl.example_windows == real.example_windows  # same examples: a fair chance line
+    assert ctrl.value is None or ctrl.value < 0.3
+
+
+async def test_baseline_predicting_nothing_is_undefined_not_zero(record):
+    res = await get_scorer("simulation").score(record, "zzz qqq")
+    assert res.value is None and not res.failed
+    assert "predictions are constant" in res.details["undefined"]["pearson"]
+    assert res.metrics["r2"] == 0.0
+
+
+def test_baseline_vocabulary_rules():
+    vocab = baseline_vocabulary('fires on "Golden Gate" and the word bridges in texts')
+    assert "golden gate" in vocab and "bridges" in vocab and "bridge" in vocab
+    assert "the" not in vocab and "word" not in vocab
+    assert baseline_predictions("'the'", [[" the", " cat"]]) == [[10.0, 0.0]]  # quoted stopwords count
+
+
+def test_baseline_negative_activations_scored_raw():
+    ex = [ActivationExample(window=i, tokens=[" a", " bridge", " b"], activations=acts, split="test", kind=k)
+          for i, (acts, k) in enumerate([([-1.0, 4.0, -0.5], "top"), ([-2.0, 1.0, -2.0], "random")])]
+    rec = FeatureRecord(feature=0, stats=FeatureStats(), examples=ex)
+    import asyncio
+    res = asyncio.run(get_scorer("simulation").score(rec, EXPLANATION))
+    # real [-1,4,-.5,-2,1,-2] vs pred [0,10,0,0,10,0]: positive, computed on raw values
+    from scipy.stats import pearsonr
+    assert res.value == pytest.approx(pearsonr([-1, 4, -.5, -2, 1, -2], [0, 10, 0, 0, 10, 0]).statistic)
+
+
+async def test_embedding_scorer_prefers_the_right_explanation(record):
+    good = await get_scorer("embedding").score(record, "bridge")
+    bad = await get_scorer("embedding").score(record, "piano music", control=True)
+    assert not good.failed and good.llm_model is None
+    assert good.value is not None and 0.5 < good.value <= 1.0
+    assert bad.value is None or bad.value < good.value
+    assert set(good.example_windows) <= _windows(record, "test")
+    assert good.metrics["n_examples"] == 20
+    kinds = [d["kind"] for d in good.details["examples"]]
+    assert kinds.count("nonactivating") == 10
+
+
+async def test_empty_split_and_empty_explanation_fail_cleanly(record):
+    only_train = FeatureRecord(feature=1, stats=FeatureStats(), examples=record.select("train"))
+    res = await get_scorer("simulation").score(only_train, EXPLANATION)
+    assert res.failed and "no top/random examples in split 'test'" in res.error
+    res = await get_scorer("simulation").score(record, "   ")
+    assert res.failed and "empty explanation" in res.error
+
+
+async def test_scoring_on_train_is_refused(record):
+    with pytest.raises(ConfigError, match="held-out"):
+        await get_scorer("simulation").score(record, EXPLANATION, split="train")
+
+
+def test_get_scorer_errors():
+    assert set(SCORERS) == {"simulation", "detection", "fuzzing", "embedding", "rubric"}
+    with pytest.raises(ConfigError, match="unknown scorer 'simulate'"):
+        get_scorer("simulate")
+    with pytest.raises(ConfigError, match="unknown option.*'n_tops'"):
+        get_scorer("simulation", n_tops=3)
+    with pytest.raises(ConfigError, match="needs an LLM endpoint"):
+        get_scorer("detection")
+    with pytest.raises(ConfigError, match="max_sequences_per_call"):
+        get_scorer("simulation", max_sequences_per_call=0)
+
+
+def test_pick_control_explanation():
+    texts = {0: "zero", 1: "one", 2: "two", 3: ""}
+    picks = {f: pick_control_explanation(f, texts, seed=0) for f in range(3)}
+    assert all(picks[f] != texts[f] and picks[f] for f in range(3))
+    assert picks == {f: pick_control_explanation(f, texts, seed=0) for f in range(3)}  # deterministic
+    assert pick_control_explanation(0, {0: "zero"}) is None
+    assert pick_control_explanation(0, {0: "zero", 1: " "}) is None
+
+
+# --- answer parsing -------------------------------------------------------------------------
+
+SEQS = [[" a", " bridge"], ["x\n", "y"]]
+
+
+def test_parse_lines_ok_and_offsets():
+    text = "Sequence 1:\na\t0\nbridge\t10\nSequence 2:\nx\\n\t1\ny 3\n"
+    values, mismatches = parse_lines(text, SEQS, 0.0)
+    assert [(v.seq, v.pos, v.value) for v in values] == [(0, 0, 0), (0, 1, 10), (1, 0, 1), (1, 1, 3)]
+    assert all(text[v.char_start:v.char_start + len(str(v.value))] == str(v.value) for v in values)
+    assert mismatches == 0
+
+
+@pytest.mark.parametrize("text,msg", [
+    ("Sequence 1:\na\t0\nSequence 2:\nx\\n\t1\ny\t3\n", "sequence 1 has 2 tokens but the answer gives 1"),
+    ("Sequence 1:\na\t0\nbridge\t11\n", "outside 0..10"),
+    ("a\t0\n", "cannot read the line"),
+    ("Sequence 3:\n", "there is no sequence 3"),
+    ("Sequence 1:\nq\t0\nr\t10\nSequence 2:\nx\\n\t1\ny\t3\n", "not copied as given"),
+])
+def test_parse_lines_malformed(text, msg):
+    with pytest.raises(MalformedAnswer, match=msg):
+        parse_lines(text, SEQS, 0.1)
+
+
+def test_parse_json_predictions():
+    assert parse_json_predictions('ok {"predictions": [[0, 10], [2.5, 0]]}', SEQS) == [[0.0, 10.0], [2.5, 0.0]]
+    for bad, msg in [('{"predictions": [[0, 10]]}', "list of 2 lists"),
+                     ('{"predictions": [[0], [1, 2]]}', "sequence 1 has 2 tokens"),
+                     ('{"predictions": [[0, 12], [1, 2]]}', "token 2"),
+                     ('{"predictions": [[0, true], [1, 2]]}', "not a number"),
+                     ("nope", "not a JSON object")]:
+        with pytest.raises(MalformedAnswer, match=msg):
+            parse_json_predictions(bad, SEQS)
+
+
+def test_parse_json_list():
+    assert parse_json_list("Answer: [1, 0, 1]", 3, {0, 1}, "answers") == [1, 0, 1]
+    with pytest.raises(MalformedAnswer, match="list of 3"):
+        parse_json_list("[1, 0]", 3, {0, 1}, "answers")
+    with pytest.raises(MalformedAnswer, match="item 2"):
+        parse_json_list("[1, 2, 0]", 3, {0, 1}, "answers")
+    with pytest.raises(MalformedAnswer, match="no JSON list"):
+        parse_json_list("yes", 1, {0, 1}, "answers")
+
+
+def test_fuzzing_items_wrong_highlights_match_count_and_avoid_active_tokens(record):
+    examples = record.select("test", "top")
+    items = fuzzing_items(examples, 0.2, random.Random(0))
+    right = [it for it in items if it.target == 1.0]
+    wrong = [it for it in items if it.target == 0.0]
+    assert len(right) == len(wrong) == len(examples)
+    for r, w in zip(right, wrong):
+        assert r.example is w.example
+        assert len(r.extra["highlighted"]) == len(w.extra["highlighted"]) > 0
+        assert all(r.example.activations[i] > 0 for i in r.extra["highlighted"])
+        assert all(w.example.activations[i] <= 0 for i in w.extra["highlighted"])
+    assert highlight([" a", " b", " c", " d"], {1, 2}) == " a<< b c>> d"
