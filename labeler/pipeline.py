@@ -98,7 +98,12 @@ def validate_spec(spec: LabelSpec, settings: Settings | None = None) -> None:
     """Fail early, with a message that says what to do, when an option needs an LLM endpoint
     that is not configured."""
     settings = settings or get_settings()
-    if spec.explainer not in OFFLINE_EXPLAINERS and not llm_endpoint_configured("explainer", settings):
+    from labeler.explanation import EXPLAINERS
+
+    base_name = spec.explainer.split(":", 1)[0]
+    if base_name not in EXPLAINERS:
+        raise ConfigError(f"unknown explainer {spec.explainer!r}; choose one of: {', '.join(EXPLAINERS)}")
+    if EXPLAINERS[base_name].needs_llm and not llm_endpoint_configured("explainer", settings):
         raise ConfigError(
             f"explainer {spec.explainer!r} needs an LLM endpoint and none is configured: set "
             "OPENAI_BASE_URL / OPENAI_API_KEY (or LABELER_EXPLAINER_BASE_URL), or use --explainer baseline"
@@ -144,7 +149,10 @@ def _build_stages(spec: LabelSpec, settings: Settings, *, explain: bool = True, 
     if explain:
         from labeler.explanation import get_explainer
 
-        llm = None if spec.explainer in OFFLINE_EXPLAINERS else llm_for("explainer", spec.explainer_model)
+        from labeler.explanation import EXPLAINERS
+
+        needs_llm = EXPLAINERS[spec.explainer.split(":", 1)[0]].needs_llm
+        llm = llm_for("explainer", spec.explainer_model) if needs_llm else None
         explainer = get_explainer(spec.explainer, llm=llm, **spec.explainer_options)
     scorers: dict[str, Any] = {}
     if score:
@@ -188,6 +196,30 @@ def _reason(exc: BaseException) -> str:
     kind = getattr(exc, "kind", None)
     text = str(exc) or type(exc).__name__
     return f"{kind}: {text}" if kind else f"{type(exc).__name__}: {text}"
+
+
+def _find_stored_explanation(repo: Any, sae_id: int, explainer: Any, feature: int) -> tuple[int, Explanation] | None:
+    """The stored, finished explanation this explainer would write for ``feature``, if any.
+
+    Only LLM explainers with one prompt can name their key before running (the key holds the
+    prompt hash); others (baseline: cheap, best-of-N) are simply re-run, and the idempotent
+    ``save_explanation`` keeps the first row."""
+    prompt = getattr(explainer, "prompt", None)
+    if prompt is None or not getattr(explainer, "needs_llm", False):
+        return None
+    probe = Explanation(feature=feature, text="", explainer=explainer.name,
+                        llm_model=getattr(explainer.llm, "model", None), prompt_name=prompt.name,
+                        prompt_version=prompt.version, prompt_hash=prompt.hash, config=explainer.config)
+    exp_id = repo.find_explanation(sae_id, probe)
+    if exp_id is None:
+        return None
+    view = repo.feature_view(sae_id, feature) or {}
+    for row in view.get("explanations", []):
+        if row["id"] == exp_id and row.get("text"):
+            probe.text = row["text"]
+            probe.example_windows = list(row.get("example_windows") or [])
+            return exp_id, probe
+    return None
 
 
 class _Stop(Exception):
@@ -270,6 +302,12 @@ async def label_features(
                 st.error = _reason(e)
 
     async def explain_one(st: _FeatureState) -> None:
+        found = _find_stored_explanation(repo, sae_id, stages.explainer, st.feature)
+        if found is not None:  # finished before (another job, or a redelivered chunk): no LLM call
+            st.exp_id, st.explanation = found
+            result.explanations += 1
+            st.completed = not score
+            return
         st.record = await asyncio.to_thread(store.feature, st.feature)
         exp: Explanation = await stages.explainer.explain(st.record)
         st.usage.add(exp.usage)
