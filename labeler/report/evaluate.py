@@ -149,25 +149,6 @@ def spec_dict(spec: Any) -> dict[str, Any]:
     return dict(vars(spec))
 
 
-def run_configuration(store: Any, repo: Any, sae_id: int, features: list[int], name: str, spec: Any,
-                      chunk: int, progress: Any = None, task: Any = None) -> int | None:
-    """Label ``features`` with one configuration, chunk by chunk; returns the job id (or None)."""
-    from labeler.pipeline import label_features
-
-    job_id = None
-    create_job = getattr(repo, "create_job", None)
-    if callable(create_job):
-        job_id = create_job(sae_id, {**spec_dict(spec), "eval_name": name}, features)
-    for i in range(0, len(features), chunk):
-        part = features[i:i + chunk]
-        asyncio.run(label_features(store, part, spec, repo, job_id=job_id))
-        if progress is not None:
-            progress.advance(task, len(part))
-    if job_id is not None and callable(getattr(repo, "set_job_status", None)):
-        repo.set_job_status(job_id, "done")
-    return job_id
-
-
 def names_by_job(source: Any, job_ids: list[int]) -> dict[int, str]:
     """eval_name recorded in each job's spec (explanations keep the job that first made them)."""
     import sqlalchemy as sa
@@ -190,6 +171,8 @@ def run_eval(cfg: EvalConfig, *, out: Path | None = None, database_url: str | No
     from labeler.core.config import get_settings
     from labeler.db import Repository
     from labeler.examples.store import FeatureStore
+    from labeler.pipeline import sae_id_for_store
+    from labeler.report.runs import run_resumable
     from labeler.report.queries import load_report_data, resolve_sae
 
     console = console or Console()
@@ -211,9 +194,10 @@ def run_eval(cfg: EvalConfig, *, out: Path | None = None, database_url: str | No
 
     repo = Repository(url)
     repo.upgrade()
-    sae_id = repo.register_store(store)
+    sae_id = sae_id_for_store(repo, store)
 
-    ran, skipped, jobs = [], {}, []
+    ran: list[str] = []
+    skipped: dict[str, str] = {}
     have_llm = llm_configured()
     chunk = max(1, settings.chunk_size)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -225,9 +209,13 @@ def run_eval(cfg: EvalConfig, *, out: Path | None = None, database_url: str | No
                 continue
             spec = make_spec(conf, cfg)
             task = progress.add_task(f"{conf.name}", total=len(features))
-            job = run_configuration(store, repo, sae_id, features, conf.name, spec, chunk, progress, task)
-            if job is not None:
-                jobs.append(job)
+            outcome = run_resumable(store, repo, sae_id, features, spec, {**spec_dict(spec), "eval_name": conf.name},
+                                    chunk=chunk, on_progress=lambda n, t=task: progress.advance(t, n))
+            if outcome.reused:
+                console.print(f"{conf.name}: reused {len(outcome.reused)} features finished by an earlier run")
+            if outcome.failed:
+                console.print(f"[yellow]{conf.name}: {len(outcome.failed)} features failed[/] "
+                              f"(first: {next(iter(outcome.failed.values()))})")
             ran.append(conf.name)
     if not ran:
         raise ConfigError(f"eval {cfg.name}: every configuration was skipped ({skipped})")

@@ -35,6 +35,7 @@ class Distribution:
     label: str
     n: int
     n_failed: int
+    n_undefined: int  # scored, but the metric is undefined (e.g. constant activations)
     mean: float | None
     median: float | None
     std: float | None
@@ -133,6 +134,7 @@ def distributions(scores: list[ScoreRow]) -> list[Distribution]:
         arr = np.asarray(vals, dtype=float)
         out.append(Distribution(
             method=method, label=label, n=len(vals), n_failed=sum(1 for r in rows if r.failed),
+            n_undefined=sum(1 for r in rows if not r.failed and not _finite(r.value)),
             mean=_clean(arr.mean()) if len(arr) else None,
             median=_clean(np.median(arr)) if len(arr) else None,
             std=_clean(arr.std(ddof=1)) if len(arr) > 1 else None,

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 from markupsafe import Markup
@@ -27,7 +27,16 @@ log = logging.getLogger(__name__)
 TEMPLATES_DIR = Path(__file__).resolve().parents[1] / "templates"
 templates = Jinja2Templates(directory=str(TEMPLATES_DIR))
 
-router = APIRouter(tags=["pages"], include_in_schema=False)
+def _read_access(request: Request) -> None:
+    """Pages follow the API's read key when one is set (header X-API-Key)."""
+    try:
+        from labeler.api.deps import require_read
+    except ImportError:  # API area not installed: nothing to enforce
+        return
+    require_read(request, request.headers.get("X-API-Key"))
+
+
+router = APIRouter(tags=["pages"], include_in_schema=False, dependencies=[Depends(_read_access)])
 
 PAGE_SIZE = 50
 N_NEIGHBOURS = 10

@@ -1,0 +1,60 @@
+"""`labeler report` on a database filled by the real pipeline."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+
+from labeler.report import build_report
+
+
+def test_report_html_is_self_contained_with_plots_chance_line_and_paired_test(labeled_db, tmp_path):
+    paths = build_report(labeled_db.url, f"{labeled_db.model_slug}/{labeled_db.sae_slug}", tmp_path / "r.html")
+    html = paths.html.read_text()
+    # plots are embedded images, one per scorer distribution at least
+    assert len(re.findall(r'src="data:image/png;base64,[A-Za-z0-9+/=]{200,}"', html)) >= 4
+    assert "chance (shuffled explanations)" in html
+    assert "Explainer versus explainer" in html and ("wilcoxon" in html or "paired-t" in html)
+    assert "Agreement between scorers" in html and "Spearman" in html
+    # no external resources at all
+    assert not re.search(r'(src|href)\s*=\s*"(https?:)?//', html)
+    assert "http://" not in html and "https://" not in html
+    # best features show highlighted contexts from the store
+    assert 'class="tok act"' in html
+
+
+def test_report_json_and_markdown_summaries(labeled_db, tmp_path):
+    paths = build_report(labeled_db.url, str(labeled_db.sae_id), tmp_path / "out" / "report.html")
+    summary = json.loads(paths.json.read_text())
+    assert summary["n_features"] == len(labeled_db.features)
+    assert set(summary["scorers"]) == {"simulation", "embedding"}
+    assert len(summary["configurations"]) == 2  # the two baseline variants, told apart by config hash
+    paired = {p["method"]: p for p in summary["paired"]}
+    assert paired["embedding"]["n"] == len(labeled_db.features)
+    # simulation is undefined on some features (constant activations): paired n says how many remain
+    sim_n = {d["label"]: d["n"] for d in summary["distributions"] if d["method"] == "simulation"}
+    assert 0 < paired["simulation"]["n"] <= min(sim_n.values())
+    assert paired["simulation"]["test"] in ("wilcoxon", "paired-t", "none")
+    chance = summary["chance"]["simulation"]
+    assert chance["n"] > 0 and chance["mean"] is not None
+    sim_means = [d["mean"] for d in summary["distributions"] if d["method"] == "simulation"]
+    assert max(sim_means) > chance["mean"]  # real labels beat shuffled ones
+    assert summary["best"] and summary["best"][0]["explanation"]
+    md = paths.md.read_text()
+    assert "| configuration | scorer |" in md and "## Paired comparisons" in md
+    assert f"**#{summary['best'][0]['feature']}**" in md
+
+
+def test_report_cli_and_clear_error_for_unknown_sae(labeled_db, tmp_path):
+    env_db = ["--db", labeled_db.url]
+    ok = subprocess.run([sys.executable, "-m", "labeler", "report", "--sae", labeled_db.sae_slug,
+                         "--out", str(tmp_path / "cli.html"), *env_db], capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    assert (tmp_path / "cli.html").exists() and (tmp_path / "cli.json").exists() and (tmp_path / "cli.md").exists()
+    bad = subprocess.run([sys.executable, "-m", "labeler", "report", "--sae", "nope/nothing",
+                          "--out", str(tmp_path / "x.html"), *env_db], capture_output=True, text=True)
+    assert bad.returncode != 0
+    assert "no SAE 'nope/nothing'" in bad.stderr and labeled_db.sae_slug in bad.stderr
+    assert "Traceback" not in bad.stderr
