@@ -36,6 +36,7 @@ from labeler.scoring import metrics
 from labeler.scoring.base import MalformedAnswer, Scorer, ScorerOptions, ScoringFailed, held_out
 
 SCALE_MAX = 10
+BASELINE_VERSION = "v1"  # bump when the offline baseline's rules change (part of the score's identity)
 
 
 @dataclass
@@ -239,7 +240,7 @@ class SimulationScorer(Scorer):
         sequences = [list(e.tokens) for e in examples]
         if self.llm is None:
             mode = "baseline"
-            result.prompt_name = "baseline"
+            result.prompt_name, result.prompt_version = "simulation_baseline", BASELINE_VERSION
             predictions = baseline_predictions(explanation, sequences)
             result.details["baseline_vocabulary"] = sorted(baseline_vocabulary(explanation))
         else:
