@@ -220,7 +220,7 @@ class LLMClient:
             retry_after = _parse_retry_after(exc.response.headers)
         if retry_after is not None:
             return min(retry_after, self.retry_after_cap_s)
-        return wait_exponential_jitter(initial=self.backoff_initial_s, max=self.backoff_max_s)(retry_state)
+        return wait_exponential_jitter(multiplier=self.backoff_initial_s, max=self.backoff_max_s)(retry_state)
 
     def _add_usage(self, u: LLMUsage) -> None:
         with self._usage_lock:

@@ -45,6 +45,7 @@ Counters in ``stats`` (by endpoint and outcome) let tests assert what happened.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 import re
@@ -174,6 +175,7 @@ class TestLLMServer:
         self._rules: list[tuple[Predicate, Responder]] = []
         self._script: list[Any] = []
         self._lock = threading.Lock()
+        self._inflight = 0
         self._rng = random.Random(0)
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
@@ -210,6 +212,7 @@ class TestLLMServer:
     def reset_stats(self) -> None:
         with self._lock:
             self.stats.clear()
+            self._inflight = 0
             self.requests.clear()
             self.arrivals.clear()
 
@@ -253,8 +256,9 @@ class TestLLMServer:
         self.stop()
 
     def serve_forever(self) -> None:
-        """Foreground mode for the CLI command."""
-        self.start()
+        """Foreground mode for the CLI command (starts the server unless it already runs)."""
+        if self._server is None:
+            self.start()
         try:
             while self._thread is not None and self._thread.is_alive():
                 self._thread.join(0.5)
@@ -379,6 +383,26 @@ class TestLLMServer:
         return reply.logprobs if reply.logprobs is not None else _default_logprobs(reply.text, n_top)
 
     async def _chat(self, request: Request) -> Response:
+        with self._in_flight():
+            return await self._chat_inner(request)
+
+    async def _completions(self, request: Request) -> Response:
+        with self._in_flight():
+            return await self._completions_inner(request)
+
+    @contextlib.contextmanager
+    def _in_flight(self):
+        """Track concurrent requests (``stats["max_in_flight"]``: concurrency-cap tests)."""
+        with self._lock:
+            self._inflight += 1
+            self.stats["max_in_flight"] = max(self.stats["max_in_flight"], self._inflight)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._inflight -= 1
+
+    async def _chat_inner(self, request: Request) -> Response:
         req, err = await self._prepare(request, "chat")
         if err is not None:
             return err
@@ -407,7 +431,7 @@ class TestLLMServer:
                       "total_tokens": prompt_tokens + completion_tokens},
         })
 
-    async def _completions(self, request: Request) -> Response:
+    async def _completions_inner(self, request: Request) -> Response:
         req, err = await self._prepare(request, "completions")
         if err is not None:
             return err
