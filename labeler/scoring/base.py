@@ -154,6 +154,9 @@ class Scorer(ABC):
                 return parse(resp)
             except MalformedAnswer as e:
                 last_error = str(e)
+                if getattr(resp, "finish_reason", None) == "length":
+                    last_error += " (the answer was cut off at the token limit)"
+                    max_tokens *= 2  # asking again with the same limit would cut it off again
                 if attempts_log is not None:
                     attempts_log.append({"attempt": attempt + 1, "error": last_error, "raw": resp.text[:2000]})
                 convo = list(messages) + [

@@ -95,7 +95,8 @@ def baseline_predictions(explanation: str, sequences: list[list[str]]) -> list[l
 
 # -- answer parsing --------------------------------------------------------------------------
 
-_HEADER = re.compile(r"^\s*(?:#+\s*)?sequence\s+(\d+)\s*:\s*$", re.I)
+_HEADER = re.compile(r"^\s*(?:#+\s*)?\**\s*sequence\s+(\d+)\s*:\s*\**\s*$", re.I)
+_FENCE = re.compile(r"^\s*```\w*\s*$")  # markdown code fences some models add
 _LINE_TAB = re.compile(r"^(.*)\t\s*(\d{1,2})\s*$")
 _LINE_SPACE = re.compile(r"^(.*?)\s+(\d{1,2})\s*$")
 
@@ -130,7 +131,7 @@ def parse_lines(text: str, sequences: list[list[str]], max_mismatch: float) -> t
         line = raw_line.rstrip("\r\n")
         start = offset
         offset += len(raw_line)
-        if not line.strip():
+        if not line.strip() or _FENCE.match(line):
             continue
         h = _HEADER.match(line)
         if h:

@@ -166,3 +166,14 @@ async def test_use_logprobs_true_without_support_is_a_config_error(record, clien
     with TestLLMServer(logprobs_mode="ignore") as s:
         with pytest.raises(ConfigError, match="returns no logprobs"):
             await get_scorer("simulation", client_for(s), use_logprobs=True).score(record, EXPLANATION)
+
+
+async def test_truncated_answer_is_retried_with_a_larger_token_limit(record, lp_server, client_for):
+    llm = client_for(lp_server)
+    await llm.supports_logprobs()
+    lp_server.script({"truncated": True})
+    res = await get_scorer("simulation", llm).score(record, EXPLANATION)
+    assert not res.failed, res.error
+    sims = [r for r in lp_server.requests if "You simulate one feature" in prompt_text(r)]
+    assert len(sims) == 2 and sims[1]["max_tokens"] == 2 * sims[0]["max_tokens"]
+    assert "cut off" in res.details["malformed_attempts"][0]["error"]

@@ -127,6 +127,12 @@ def test_parse_lines_ok_and_offsets():
     assert mismatches == 0
 
 
+def test_parse_lines_tolerates_fences_and_bold_headers():
+    text = "```\n**Sequence 1:**\na\t0\nbridge\t10\n### Sequence 2:\nx\\n\t1\ny\t3\n```\n"
+    values, _ = parse_lines(text, SEQS, 0.0)
+    assert [v.value for v in values] == [0, 10, 1, 3]
+
+
 @pytest.mark.parametrize("text,msg", [
     ("Sequence 1:\na\t0\nSequence 2:\nx\\n\t1\ny\t3\n", "sequence 1 has 2 tokens but the answer gives 1"),
     ("Sequence 1:\na\t0\nbridge\t11\n", "outside 0..10"),
