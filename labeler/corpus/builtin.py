@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import io
+import os
 import sysconfig
 import tokenize
 from collections.abc import Iterator
@@ -19,11 +20,10 @@ _SKIP_DIRS = {"test", "tests", "idlelib", "site-packages", "lib2to3", "__pycache
 def stdlib_files() -> list[Path]:
     root = Path(sysconfig.get_paths()["stdlib"])
     out = []
-    for p in sorted(root.rglob("*.py")):
-        if _SKIP_DIRS.intersection(p.relative_to(root).parts[:-1]):
-            continue
-        out.append(p)
-    return out
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if d not in _SKIP_DIRS]  # prune: never walk site-packages
+        out.extend(Path(dirpath) / f for f in filenames if f.endswith(".py"))
+    return sorted(out, key=lambda p: p.relative_to(root).parts)
 
 
 def texts_of_source(source: str) -> list[str]:

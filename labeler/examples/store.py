@@ -201,7 +201,8 @@ class FeatureStore:
         for split in ("train", "valid", "test"):
             top_key, top_win, top_acts = get(f"{split}/top/key"), get(f"{split}/top/win"), get(f"{split}/top/acts")
             if top_win is not None:
-                order = [j for j in np.argsort(-top_key, kind="stable") if top_win[j] >= 0]
+                # descending activation; ties (same token in the same context) by window id
+                order = [j for j in np.lexsort((top_win, -top_key)) if top_win[j] >= 0]
                 examples += [self._example(top_win[j], top_acts[j], split, "top") for j in order]
             r_key, r_win, r_max, r_acts = (get(f"{split}/random/{x}") for x in ("key", "win", "max", "acts"))
             if r_win is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 from pathlib import Path
@@ -12,14 +13,14 @@ import torch
 MODEL_KINDS = ("gpt2", "llama", "bert")
 
 
-def _train_bpe(vocab_size: int = 512, *, bos: bool):
-    """A byte-level BPE tokenizer trained on a slice of the builtin corpus (deterministic)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
+@functools.lru_cache(maxsize=4)
+def _bpe_json(vocab_size: int) -> str:
+    """A byte-level BPE trained on a slice of the builtin corpus (deterministic; cached per process)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     from labeler.corpus.builtin import iter_builtin_texts
 
-    texts = list(itertools.islice(iter_builtin_texts(), 400))
+    texts = list(itertools.islice(iter_builtin_texts(), 300))
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -27,6 +28,15 @@ def _train_bpe(vocab_size: int = 512, *, bos: bool):
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     tok.train_from_iterator(texts, trainer)
+    return tok.to_str()
+
+
+def _train_bpe(vocab_size: int = 512, *, bos: bool):
+    """GPT-2-like (no BOS) or Llama-like (BOS prepended) fast tokenizer around the tiny BPE."""
+    from tokenizers import Tokenizer, processors
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer.from_str(_bpe_json(vocab_size))
     if bos:
         bos_id = tok.token_to_id("<s>")
         tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B",
@@ -52,6 +62,9 @@ def make_tiny_model(kind: str, path: str | Path, *, hidden: int = 32, layers: in
     from transformers import (BertConfig, BertModel, GPT2Config, GPT2LMHeadModel, LlamaConfig,
                               LlamaForCausalLM)
 
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
     path = Path(path)
     torch.manual_seed(seed)
     if kind == "gpt2":
