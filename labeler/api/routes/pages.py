@@ -113,8 +113,13 @@ def nearest_features(sae: queries.SaeInfo, index: int, k: int = N_NEIGHBOURS) ->
 
 def histogram_svg(edges: list[float], counts: list[int], width: int = 360, height: int = 110) -> Markup:
     """A tiny inline SVG bar chart (log-scaled counts so rare high activations stay visible)."""
-    if not counts or len(edges) != len(counts) + 1:
+    if not counts or len(edges) != len(counts) + 1 or not any(counts):
         return Markup('<p class="note">no histogram recorded</p>')
+    # Only the bins between the first and last non-empty one: fixed global edges would
+    # otherwise squeeze a feature's whole range into a few pixels.
+    nz = [i for i, c in enumerate(counts) if c]
+    lo, hi = nz[0], nz[-1] + 1
+    counts, edges = list(counts[lo:hi]), list(edges[lo:hi + 1])
     logc = [math.log1p(c) for c in counts]
     top = max(logc) or 1.0
     bw = width / len(counts)
