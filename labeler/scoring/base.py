@@ -129,6 +129,22 @@ class Scorer(ABC):
             raise ConfigError(f"use_logprobs=True but the endpoint ({self.llm.model}) returns no logprobs")
         return supported
 
+    async def _chat(self, messages: list[dict[str, str]], max_tokens: int, logprobs: bool,
+                    response_format: dict | None):
+        """One call; an endpoint that rejects ``response_format`` is asked again without it (and
+        never again with it): the answer is validated by our parser either way."""
+        if response_format is not None and getattr(self, "_no_response_format", False):
+            response_format = None
+        try:
+            return await self.llm.chat(messages, max_tokens=max_tokens, temperature=0.0, logprobs=logprobs,
+                                       top_logprobs=20 if logprobs else None, response_format=response_format)
+        except LLMError as e:
+            if response_format is None or e.kind not in ("http_400", "http_422"):
+                raise
+            self._no_response_format = True
+            return await self.llm.chat(messages, max_tokens=max_tokens, temperature=0.0, logprobs=logprobs,
+                                       top_logprobs=20 if logprobs else None)
+
     async def ask(self, messages: list[dict[str, str]], parse: Callable[[Any], T], usage: LLMUsage, *,
                   max_tokens: int, logprobs: bool = False, response_format: dict | None = None,
                   attempts_log: list | None = None) -> T:
@@ -142,9 +158,7 @@ class Scorer(ABC):
         last_error = ""
         for attempt in range(self.options.max_parse_retries + 1):
             try:
-                resp = await self.llm.chat(convo, max_tokens=max_tokens, temperature=0.0,
-                                           logprobs=logprobs, top_logprobs=20 if logprobs else None,
-                                           response_format=response_format)
+                resp = await self._chat(convo, max_tokens, logprobs, response_format)
             except BudgetExceeded:
                 raise
             except LLMError as e:

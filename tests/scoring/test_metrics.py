@@ -182,3 +182,14 @@ def test_auroc_equals_pair_counting(rows):
         return
     wins = sum(1.0 if p > n else 0.5 if p == n else 0.0 for p, n in itertools.product(pos, neg))
     assert got == pytest.approx(wins / (len(pos) * len(neg)))
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.floats(-50, 50), min_size=3, max_size=20), st.floats(0.01, 100), st.floats(-100, 100))
+def test_simulation_score_invariant_to_affine_rescaling_of_raw_activations(acts, scale, shift):
+    pred = [float(i % 4) for i in range(len(acts))]
+    a = m.score_simulation([acts], [pred], ["top"])["pearson"]
+    b = m.score_simulation([[scale * x + shift for x in acts]], [pred], ["top"])["pearson"]
+    if a is None or b is None:
+        return  # constant input (possibly after float rounding): undefined both ways
+    assert a == pytest.approx(b, abs=1e-6)

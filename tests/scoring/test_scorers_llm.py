@@ -177,3 +177,21 @@ async def test_truncated_answer_is_retried_with_a_larger_token_limit(record, lp_
     sims = [r for r in lp_server.requests if "You simulate one feature" in prompt_text(r)]
     assert len(sims) == 2 and sims[1]["max_tokens"] == 2 * sims[0]["max_tokens"]
     assert "cut off" in res.details["malformed_attempts"][0]["error"]
+
+
+async def test_endpoint_rejecting_response_format_is_asked_without_it(record, client_for):
+    from labeler.llm import reset_process_state
+    from labeler.llm.testserver import TestLLMServer
+    from labeler.scoring.oracle import install_scoring_rules
+
+    reset_process_state()
+    with TestLLMServer(logprobs_mode="ignore") as s:
+        install_scoring_rules(s)
+        llm = client_for(s)
+        await llm.supports_logprobs()
+        s.script({"status": 400})
+        res = await get_scorer("simulation", llm).score(record, EXPLANATION)
+        assert not res.failed, res.error
+        assert res.details["mode"] == "json"
+        sims = [r for r in s.requests if "You simulate one feature" in prompt_text(r)]
+        assert [("response_format" in r) for r in sims] == [True, False]
