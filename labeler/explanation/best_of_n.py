@@ -32,7 +32,7 @@ class BestOfNExplainer(Explainer):
 
     @property
     def config(self) -> dict[str, Any]:
-        c = {k: v for k, v in self.options.items() if k not in ("scorer_llm",)}
+        c = {k: v for k, v in self.options.items() if k != "scorer_llm" or v in (None, "offline")}
         if not isinstance(c["scorer"], str):
             c["scorer"] = getattr(c["scorer"], "name", type(c["scorer"]).__name__)
         return dict(sorted(c.items()))
@@ -43,7 +43,14 @@ class BestOfNExplainer(Explainer):
                 from labeler.scoring import get_scorer  # lazy: scoring builds on top of explanation
             except ImportError as e:
                 raise ConfigError(f"best_of_n needs labeler.scoring.get_scorer to rank candidates: {e}") from None
-            self._scorer = get_scorer(self.options["scorer"], self.options["scorer_llm"] or self.llm)
+            scorer_llm = self.options["scorer_llm"]
+            if scorer_llm is None:  # the simulator role's endpoint when configured, else ours
+                from labeler.llm import get_llm
+
+                scorer_llm = get_llm("simulator") or self.llm
+            elif scorer_llm == "offline":
+                scorer_llm = None  # the scorer's offline fallback (simulation: baseline simulator)
+            self._scorer = get_scorer(self.options["scorer"], scorer_llm)
         return self._scorer
 
     async def explain(self, record: FeatureRecord, *, cache_salt: str | None = None) -> Explanation:

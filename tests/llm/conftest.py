@@ -20,7 +20,7 @@ def server():
 
 
 @pytest.fixture
-def make_llm(server, tmp_path):
+async def make_llm(server, tmp_path):
     """Clients against the test server with short timeouts and fast backoff, a private spend
     tracker and a cache file in tmp_path (shared by clients of one test)."""
     clients: list[LLMClient] = []
@@ -34,4 +34,6 @@ def make_llm(server, tmp_path):
         clients.append(c)
         return c
 
-    return make
+    yield make
+    for c in clients:  # close connections inside the test's event loop
+        await c.aclose()
