@@ -45,9 +45,6 @@ class ScorerOptions:
             raise ConfigError("max_parse_retries must be >= 0")
 
 
-O = TypeVar("O", bound=ScorerOptions)
-
-
 class Scorer(ABC):
     """Base class: ``await scorer.score(record, explanation, split="test", control=False)``.
 
@@ -87,7 +84,7 @@ class Scorer(ABC):
                               f"{HELD_OUT_SPLITS}, not {split!r} (the explainer saw 'train')")
         result = ScoreResult(feature=record.feature, method=self.name, value=None,
                              explanation=explanation, control=control,
-                             llm_model=getattr(self.llm, "model", None) if self.needs_llm or self.llm else None)
+                             llm_model=getattr(self.llm, "model", None))
         result.details["split"] = split
         if not explanation or not explanation.strip():
             result.failed, result.error = True, "empty explanation: nothing to score"

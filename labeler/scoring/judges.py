@@ -3,6 +3,13 @@
 Each batch of contexts goes into one call; the LLM answers a JSON list with one integer per
 context.  When the endpoint returns logprobs, the per-context expected value over the answer
 digits (for 0/1 answers: the probability of "1") is also read, which gives AUROC.
+
+- detection: held-out activating (top + random) vs non-activating contexts, shuffled; headline
+  balanced accuracy; also precision, recall, F1, accuracy, AUROC (logprobs only).
+- fuzzing: each activating context twice, once with its active tokens marked, once with as many
+  randomly chosen non-activating tokens marked; same metrics as detection.
+- rubric: contexts rated 0-3; headline Spearman (and Pearson) of the rating against the
+  context's max activation; with logprobs the rating is the expected value over "0".."3".
 """
 
 from __future__ import annotations

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import warnings
 
 import pytest
 
@@ -15,10 +14,6 @@ from labeler.scoring import get_scorer
 EXPLANATION = 'the token "bridge"'
 
 pytestmark = pytest.mark.filterwarnings("ignore:no price known")
-
-
-def _train_sequences(record):
-    return [json.dumps(e.tokens, ensure_ascii=False) for e in record.select("train")]
 
 
 def _assert_held_out(record, server, result):
