@@ -66,6 +66,9 @@ class Scorer(ABC):
                 f"unknown option(s) {', '.join(map(repr, unknown))} for scorer {self.name!r} "
                 f"(known: {', '.join(sorted(known))})"
             )
+        hints = {f.name: str(f.type) for f in fields(self.Options)}
+        for key, value in options.items():
+            _check_option_type(self.name, key, value, hints[key])
         self.options = self.Options(**options)
         self.options.validate()
         if self.needs_llm and llm is None:
@@ -179,6 +182,22 @@ class Scorer(ABC):
             f"malformed LLM answer after {self.options.max_parse_retries + 1} attempt(s): {last_error}",
             {"malformed_attempts": attempts_log or []},
         )
+
+
+_TYPES: dict[str, tuple[type, ...]] = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,),
+                                       "None": (type(None),)}
+
+
+def _check_option_type(scorer: str, key: str, value: Any, annotation: str) -> None:
+    """Options arrive from CLI/JSON: say clearly when one has the wrong type."""
+    names = [t.strip() for t in annotation.split("|")]
+    allowed = tuple(t for n in names for t in _TYPES.get(n, (object,)))
+    if isinstance(value, bool) and "bool" not in names:
+        ok = False
+    else:
+        ok = isinstance(value, allowed)
+    if not ok:
+        raise ConfigError(f"option {key!r} of scorer {scorer!r} must be {annotation}, not {value!r}")
 
 
 # -- held-out examples ---------------------------------------------------------------------

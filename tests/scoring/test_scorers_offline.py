@@ -103,6 +103,11 @@ def test_get_scorer_errors():
         get_scorer("detection")
     with pytest.raises(ConfigError, match="max_sequences_per_call"):
         get_scorer("simulation", max_sequences_per_call=0)
+    with pytest.raises(ConfigError, match="option 'n_top' of scorer 'simulation' must be int, not 'five'"):
+        get_scorer("simulation", n_top="five")
+    with pytest.raises(ConfigError, match="must be int"):
+        get_scorer("embedding", n_nonactivating=True)
+    assert get_scorer("simulation", max_sequences_per_call=None, seed=3).options.seed == 3
 
 
 def test_pick_control_explanation():
