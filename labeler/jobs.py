@@ -52,9 +52,14 @@ def open_store(path: str | Path) -> Any:
 
 
 def chunked(features: list[int], size: int) -> list[list[int]]:
+    """Chunks of ``size``; a lone last feature joins the previous chunk, because control scores
+    take another feature's explanation from the same chunk."""
     if size < 1:
         raise ConfigError(f"chunk size must be >= 1 (got {size})")
-    return [features[i:i + size] for i in range(0, len(features), size)]
+    chunks = [features[i:i + size] for i in range(0, len(features), size)]
+    if size > 1 and len(chunks) > 1 and len(chunks[-1]) == 1:
+        chunks[-2].extend(chunks.pop())
+    return chunks
 
 
 # --------------------------------------------------------------------------- job lifecycle
@@ -236,6 +241,9 @@ def retry_failed(job_id: int, settings: Settings | None = None, *, inprocess: bo
         return []
     store, spec, chunk_size = job_spec(job_id, settings)
     validate_spec(spec, settings)
+    # Back to pending first, so the job is not counted finished while the retries run.
+    for f in failed:
+        repo.mark_feature(job_id, f, "pending")
     repo.set_job_status(job_id, "running")
     use_queue = bool(settings.resolved_broker_url) if inprocess is None else not inprocess
     if use_queue:
