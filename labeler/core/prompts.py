@@ -27,6 +27,12 @@ _ENV = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newlin
                           trim_blocks=True, lstrip_blocks=True)
 
 
+@lru_cache(maxsize=1024)
+def _compiled(source: str) -> jinja2.Template:
+    """Compiling a Jinja template costs milliseconds; each template text is compiled once."""
+    return _ENV.from_string(source)
+
+
 @dataclass(frozen=True)
 class PromptTemplate:
     name: str
@@ -45,11 +51,11 @@ class PromptTemplate:
         """Chat messages for these variables (StrictUndefined: a missing variable is an error)."""
         messages: list[dict[str, str]] = []
         if self.system:
-            messages.append({"role": "system", "content": _ENV.from_string(self.system).render(**variables).strip()})
+            messages.append({"role": "system", "content": _compiled(self.system).render(**variables).strip()})
         for user, assistant in self.few_shot:
-            messages.append({"role": "user", "content": _ENV.from_string(user).render(**variables).strip()})
-            messages.append({"role": "assistant", "content": _ENV.from_string(assistant).render(**variables).strip()})
-        messages.append({"role": "user", "content": _ENV.from_string(self.user).render(**variables).strip()})
+            messages.append({"role": "user", "content": _compiled(user).render(**variables).strip()})
+            messages.append({"role": "assistant", "content": _compiled(assistant).render(**variables).strip()})
+        messages.append({"role": "user", "content": _compiled(self.user).render(**variables).strip()})
         return messages
 
 
