@@ -40,6 +40,7 @@ def collect(
     checkpoint_every: float = typer.Option(60.0, "--checkpoint-every", help="Seconds between checkpoints."),
     force: bool = typer.Option(False, "--force", help="Recompute even if a finished store exists."),
     no_progress: bool = typer.Option(False, "--no-progress"),
+    threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads (default: torch's)."),
 ) -> None:
     """Stream a corpus through model + SAE once and store every feature's examples."""
     from labeler.core.config import get_settings
@@ -52,6 +53,10 @@ def collect(
         tokens=tokens, ctx_len=ctx_len, batch_size=batch_size, seed=seed, device=_device(device),
         dtype=dtype or get_settings().dtype, drop_bos=drop_bos, checkpoint_every_s=checkpoint_every,
     )
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
     path = run_collect(cfg, out, force=force, progress=not no_progress, log=lambda m: typer.echo(m, err=True))
     typer.echo(str(path))
 
@@ -101,6 +106,8 @@ def train_sae_cmd(
     tokens: int = typer.Option(200_000, "--tokens"),
     ctx_len: int = typer.Option(64, "--ctx-len"),
     epochs: int = typer.Option(1, "--epochs"),
+    batch_tokens: int = typer.Option(1024, "--batch-tokens"),
+    threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads (default: torch's)."),
     lr: float = typer.Option(1e-3, "--lr"),
     seed: int = typer.Option(0, "--seed"),
     device: Optional[str] = typer.Option(None, "--device"),
@@ -109,5 +116,6 @@ def train_sae_cmd(
     from labeler.activations.train_sae import TrainSAEConfig, train_sae
 
     cfg = TrainSAEConfig(model=model, hook=hook, corpus=corpus, hook_io=hook_io, latents=latents, k=k,
-                         tokens=tokens, ctx_len=ctx_len, epochs=epochs, lr=lr, seed=seed, device=_device(device))
+                         tokens=tokens, ctx_len=ctx_len, epochs=epochs, lr=lr, seed=seed, device=_device(device),
+                         batch_tokens=batch_tokens, threads=threads)
     typer.echo(str(train_sae(cfg, out, log=lambda m: typer.echo(m, err=True))))

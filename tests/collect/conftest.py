@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,10 @@ import pytest
 import torch
 
 from labeler.testing import make_tiny_model, make_tiny_sae, write_tiny_corpus
+
+# Tiny models on a shared 2-core machine: one intra-op thread is many times faster than two.
+os.environ["OMP_NUM_THREADS"] = "1"  # inherited by the subprocesses the tests start
+torch.set_num_threads(1)
 
 HOOKS = {"gpt2": "transformer.h.0", "llama": "model.layers.0", "bert": "encoder.layer.0"}
 
@@ -55,7 +60,7 @@ def run_cli(args: list[str], capsys) -> tuple[int, str]:
     except SystemExit as e:
         code = int(e.code or 0)
     cap = capsys.readouterr()
-    return code, cap.out + cap.err
+    return code, " ".join((cap.out + cap.err).split())  # rich wraps long lines
 
 
 def numpy_encode(x: np.ndarray, W_enc, b_enc, W_dec, b_dec, *, arch: str, k: int | None = None,
