@@ -322,23 +322,30 @@ async def label_features(
         result.explanations += 1
         st.completed = not score
 
-    async def score_one(st: _FeatureState, partner_text: str | None) -> None:
+    async def score_one(st: _FeatureState, control_text: str | None) -> None:
         if st.record is None:
             st.record = await asyncio.to_thread(store.feature, st.feature)
         assert st.explanation is not None
-        for name, scorer in stages.scorers.items():
-            runs = [(False, st.explanation.text)] + ([(True, partner_text)] if partner_text else [])
-            for control, text in runs:
-                check_stop()
-                res: ScoreResult = await scorer.score(st.record, text, split="test", control=control)
-                st.usage.add(res.usage)
-                result.usage.add(res.usage)
-                if res.failed:
-                    st.error = f"score {name}{' (control)' if control else ''}: {res.error or 'failed'}"
-                    return
-                repo.save_score(st.exp_id, res)
-                result.scores += 1
-        st.completed = True
+        runs = [(name, scorer, False, st.explanation.text) for name, scorer in stages.scorers.items()]
+        if control_text:
+            runs += [(name, scorer, True, control_text) for name, scorer in stages.scorers.items()]
+        check_stop()
+        # every scorer call of the feature in flight at once; results handled in a fixed order
+        outcomes = await asyncio.gather(
+            *(scorer.score(st.record, text, split="test", control=control) for _, scorer, control, text in runs),
+            return_exceptions=True)
+        for out in outcomes:
+            if isinstance(out, BaseException):
+                raise out
+        for (name, _, control, _), res in zip(runs, outcomes):
+            st.usage.add(res.usage)
+            result.usage.add(res.usage)
+            if res.failed:
+                st.error = st.error or f"score {name}{' (control)' if control else ''}: {res.error or 'failed'}"
+                continue
+            repo.save_score(st.exp_id, res)
+            result.scores += 1
+        st.completed = st.error is None
 
     async def run_phase(coros: list[Any]) -> None:
         outcomes = await asyncio.gather(*coros, return_exceptions=True)

@@ -133,6 +133,7 @@ def label(store: Path = StoreArg, features: str = FeaturesOpt, explainer: Option
           retry_failed: Optional[int] = typer.Option(None, "--retry-failed", help="retry a job's failed features"),
           as_json: bool = typer.Option(False, "--json")) -> None:
     """Run a whole labeling job in this process (no Redis): explain, score, store."""
+    from rich.console import Console
     from rich.progress import Progress
 
     from labeler import jobs
@@ -146,7 +147,7 @@ def label(store: Path = StoreArg, features: str = FeaturesOpt, explainer: Option
                  control, seed)
     _, idx = _features(store, features)
     job_id = jobs.create_job(store, idx, spec)
-    with Progress(transient=True) as bar:
+    with Progress(transient=True, console=Console(stderr=True)) as bar:
         task = bar.add_task(f"job {job_id}", total=len(idx))
         jobs.run_job_inprocess(store, idx, spec, job_id=job_id,
                                on_chunk=lambda r: bar.advance(task, len(r.done) + len(r.failed) + len(r.skipped)))

@@ -145,7 +145,8 @@ def test_cancel_stops_new_chunks(tiny_store, alive_features, queue_env, redis_ur
     info = jobs.cancel_job(job_id)
     assert info["status"] == "cancelled"
     # the queue drains: every remaining chunk sees the status and skips
-    wait_until(lambda: pool.log("a").count("succeeded") >= len(features), timeout_s=60, what="the queue to drain")
+    n_chunks = len(jobs.chunked(features, 2))
+    wait_until(lambda: pool.log("a").count("succeeded") >= n_chunks, timeout_s=60, what="the queue to drain")
     info = jobs.job_progress(job_id)
     assert info["status"] == "cancelled"
     assert info["counts"]["pending"] >= len(features) - 3
