@@ -53,7 +53,9 @@ class DemoPaths:
 def demo_paths(opts: DemoOptions) -> DemoPaths:
     from labeler.core.config import get_settings
 
-    root = Path(opts.out) if opts.out else get_settings().data_dir / "demo"
+    # Absolute and resolved: the store records its inputs' paths, so the same folder reached
+    # through another relative path or a link must still count as the same store.
+    root = (Path(opts.out) if opts.out else get_settings().data_dir / "demo").expanduser().resolve()
     sae_name = f"minilm-l3-topk{opts.sae_features}-k{opts.k}"
     # The store's name carries its settings, so other --tokens never collide with an old store.
     store_name = f"store-{sae_name}-{opts.tokens}tok-ctx{opts.ctx_len}-s{opts.seed}"
