@@ -8,6 +8,8 @@ import subprocess
 import sys
 
 from labeler.report import build_report
+from labeler.report.queries import load_report_data
+from labeler.report.stats import per_feature_scores
 
 
 def test_report_html_is_self_contained_with_plots_chance_line_and_paired_test(labeled_db, tmp_path):
@@ -32,10 +34,12 @@ def test_report_json_and_markdown_summaries(labeled_db, tmp_path):
     assert set(summary["scorers"]) == {"simulation", "embedding"}
     assert len(summary["configurations"]) == 2  # the two baseline variants, told apart by config hash
     paired = {p["method"]: p for p in summary["paired"]}
-    assert paired["embedding"]["n"] == len(labeled_db.features)
-    # simulation is undefined on some features (constant activations): paired n says how many remain
-    sim_n = {d["label"]: d["n"] for d in summary["distributions"] if d["method"] == "simulation"}
-    assert 0 < paired["simulation"]["n"] <= min(sim_n.values())
+    # paired n = features with a defined score under both configurations (some scores are
+    # undefined, e.g. simulation on constant activations)
+    data = load_report_data(labeled_db.url, labeled_db.sae_id)
+    for method in ("simulation", "embedding"):
+        a, b = (per_feature_scores(data.scores, method, lab) for lab in summary["configurations"])
+        assert paired[method]["n"] == len(set(a) & set(b)) > len(labeled_db.features) // 2
     assert paired["simulation"]["test"] in ("wilcoxon", "paired-t", "none")
     chance = summary["chance"]["simulation"]
     assert chance["n"] > 0 and chance["mean"] is not None
