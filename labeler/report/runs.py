@@ -39,6 +39,15 @@ def finished_features(source: Any, job_ids: list[int]) -> set[int]:
         return {int(r.feature_index) for r in rows}
 
 
+def balanced_chunks(items: list[int], size: int) -> list[list[int]]:
+    """Chunks of at most ``size`` (one more for the last), never a lone feature at the end:
+    a shuffled control needs another feature of the same chunk."""
+    parts = [items[i:i + size] for i in range(0, len(items), max(1, size))]
+    if len(parts) > 1 and len(parts[-1]) == 1:
+        parts[-2].extend(parts.pop())
+    return parts
+
+
 @dataclass
 class RunOutcome:
     job_id: int | None
@@ -61,8 +70,7 @@ def run_resumable(store: Any, repo: Any, sae_id: int, features: list[int], spec:
         return out
     out.job_id = repo.create_job(sae_id, spec_d, todo)
     repo.set_job_status(out.job_id, "running")
-    for i in range(0, len(todo), chunk):
-        part = todo[i:i + chunk]
+    for part in balanced_chunks(todo, chunk):
         res = asyncio.run(label_features(store, part, spec, repo, job_id=out.job_id, sae_id=sae_id))
         out.labeled += list(res.done)
         out.failed.update(res.failed)

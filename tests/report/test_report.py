@@ -62,3 +62,45 @@ def test_report_cli_and_clear_error_for_unknown_sae(labeled_db, tmp_path):
     assert bad.returncode != 0
     assert "no SAE 'nope/nothing'" in bad.stderr and labeled_db.sae_slug in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+def test_balanced_chunks_never_leave_a_feature_alone():
+    from labeler.report.runs import balanced_chunks
+
+    assert balanced_chunks(list(range(17)), 16) == [list(range(17))]
+    assert balanced_chunks(list(range(18)), 16) == [list(range(16)), [16, 17]]
+    assert balanced_chunks([5], 16) == [[5]]
+
+
+def test_report_and_page_queries_on_postgres(labeled_db, postgres_url, tmp_path):
+    from labeler.db import Repository
+    from labeler.examples.store import FeatureStore
+    from labeler.pipeline import LabelSpec, sae_id_for_store
+    from labeler.report import queries
+    from labeler.report.runs import run_resumable
+
+    store = FeatureStore(labeled_db.store_path)
+    repo = Repository(postgres_url)
+    repo.upgrade()
+    sae_id = sae_id_for_store(repo, store)
+    feats = labeled_db.features[:8]
+    spec = LabelSpec(explainer="baseline", scorers=["embedding"], control=True)
+    first = run_resumable(store, repo, sae_id, feats, spec, {**spec.to_dict(), "t": 1}, chunk=8)
+    again = run_resumable(store, repo, sae_id, feats, spec, {**spec.to_dict(), "t": 1}, chunk=8)
+    assert len(first.labeled) == 8 and again.reused == feats and again.job_id is None
+
+    paths = build_report(repo, sae_id, tmp_path / "pg.html")
+    summary = json.loads(paths.json.read_text())
+    assert summary["n_features"] == 8 and summary["chance"]["embedding"]["n"] == 8
+    assert summary["paired"] == []  # one configuration: nothing to pair
+    assert "Only one explainer configuration" in paths.html.read_text()
+
+    (info,) = queries.list_saes(repo)
+    assert info.n_labeled == 8 and info.store_path
+    items, total = queries.list_features(repo, sae_id, labeled_only=True)
+    assert total == 8 and all(i.label_text for i in items)
+    word = next(w for i in items for w in re.findall(r"[A-Za-z]{2,}", i.label_text))
+    hits = queries.search_features_text(repo, sae_id, word.upper())  # case-insensitive
+    assert hits and all(word.lower() in (queries.feature_detail(repo, sae_id, h.index)["explanations"][0]["text"]
+                                         .lower()) for h in hits[:1])
+    repo.close()
