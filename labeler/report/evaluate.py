@@ -8,7 +8,6 @@ config reuses finished work (the repository's writes are idempotent).
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import inspect
 import json
