@@ -10,6 +10,7 @@ the job already marked done.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from functools import lru_cache
 from pathlib import Path
@@ -17,7 +18,8 @@ from typing import Any, Callable, Iterable
 
 from labeler.core.config import Settings, get_settings
 from labeler.core.errors import ConfigError, InputError
-from labeler.pipeline import ChunkResult, LabelSpec, label_features, sae_id_for_store, validate_spec
+from labeler.pipeline import (ChunkResult, LabelSpec, close_shared_llms, label_features, sae_id_for_store,
+                              validate_spec)
 
 JOB_STATUSES = ("pending", "running", "cancelled", "done")
 
@@ -128,10 +130,24 @@ def submit_job(store_path: str | Path, features: Iterable[int], spec: LabelSpec,
     return job_id
 
 
+_THREAD = threading.local()
+
+
+def _thread_loop() -> asyncio.AbstractEventLoop:
+    """One event loop per worker thread, kept between chunks, so the shared LLM clients keep
+    their connections open from one chunk to the next."""
+    loop = getattr(_THREAD, "loop", None)
+    if loop is None or loop.is_closed():
+        loop = _THREAD.loop = asyncio.new_event_loop()
+    return loop
+
+
 def run_chunk(job_id: int, store_path: str, features: list[int], spec: LabelSpec,
               settings: Settings | None = None) -> ChunkResult:
-    """The unit of work shared by Celery tasks and in-process jobs."""
-    return asyncio.run(run_chunk_async(job_id, store_path, features, spec, settings))
+    """The unit of work of a Celery task (queued jobs) and of retries run here."""
+    loop = _thread_loop()
+    asyncio.set_event_loop(loop)
+    return loop.run_until_complete(run_chunk_async(job_id, store_path, features, spec, settings))
 
 
 async def run_chunk_async(job_id: int, store_path: str, features: list[int], spec: LabelSpec,
@@ -213,7 +229,10 @@ def run_job_inprocess(store_path: str | Path, features: Iterable[int], spec: Lab
                 if on_chunk is not None:
                     on_chunk(res)
 
-        await asyncio.gather(*(one(c) for c in chunks))
+        try:
+            await asyncio.gather(*(one(c) for c in chunks))
+        finally:
+            await close_shared_llms()  # this loop ends here: close its connections first
 
     if chunks:
         asyncio.run(main())

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import threading
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterable
 
@@ -134,16 +135,36 @@ class _Stages:
     llms: list[Any]
 
 
-def _build_stages(spec: LabelSpec, settings: Settings, *, explain: bool = True, score: bool = True) -> _Stages:
+# LLM clients are shared by every chunk a process runs (keyed by role, model and settings), so
+# HTTP connections to the endpoint are reused from chunk to chunk instead of reopened.
+_SHARED_LLMS: dict[tuple[str, str | None, int], tuple[Any, Settings]] = {}
+_SHARED_LLMS_LOCK = threading.Lock()
+
+
+def shared_llm(role: str, settings: Settings, model: str | None = None) -> Any:
     from labeler.llm import get_llm
 
+    key = (role, model, id(settings))
+    with _SHARED_LLMS_LOCK:
+        hit = _SHARED_LLMS.get(key)
+        if hit is None:
+            hit = _SHARED_LLMS[key] = (get_llm(role, settings, model=model), settings)  # keep settings alive
+        return hit[0]
+
+
+async def close_shared_llms() -> None:
+    """Close the shared clients' connections (end of an in-process run, before its loop ends)."""
+    with _SHARED_LLMS_LOCK:
+        clients = [c for c, _ in _SHARED_LLMS.values() if c is not None]
+        _SHARED_LLMS.clear()
+    await _close_llms(clients)
+
+
+def _build_stages(spec: LabelSpec, settings: Settings, *, explain: bool = True, score: bool = True) -> _Stages:
     llms: list[Any] = []
 
     def llm_for(role: str, model: str | None) -> Any:
-        client = get_llm(role, settings, model=model)
-        if client is not None:
-            llms.append(client)
-        return client
+        return shared_llm(role, settings, model)
 
     explainer = None
     if explain:

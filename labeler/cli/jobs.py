@@ -91,7 +91,7 @@ def explain(store: Path = StoreArg, features: str = FeaturesOpt, explainer: Opti
     spec = _spec(explainer, llm, "", explainer_option, None, None, None, False, seed)
     st, idx = _features(store, features)
     repo = get_repository()
-    res = asyncio.run(explain_features(st, idx, spec, repo))
+    res = asyncio.run(_then_close(explain_features(st, idx, spec, repo)))
     _print_result("explained", spec, res, as_json)
 
 
@@ -106,8 +106,17 @@ def score(store: Path = StoreArg, features: str = FeaturesOpt, scorers: Optional
 
     spec = _spec("baseline", None, scorers, None, scorer_option, simulator_model, scorer_model, control, seed)
     st, idx = _features(store, features)
-    res = asyncio.run(score_features(st, idx, spec, get_repository()))
+    res = asyncio.run(_then_close(score_features(st, idx, spec, get_repository())))
     _print_result("scored", spec, res, as_json)
+
+
+async def _then_close(coro: Any) -> Any:
+    from labeler.pipeline import close_shared_llms
+
+    try:
+        return await coro
+    finally:
+        await close_shared_llms()
 
 
 def _print_result(verb: str, spec: Any, res: Any, as_json: bool) -> None:
@@ -147,11 +156,21 @@ def label(store: Path = StoreArg, features: str = FeaturesOpt, explainer: Option
                  control, seed)
     _, idx = _features(store, features)
     job_id = jobs.create_job(store, idx, spec)
+    stops: list[str] = []
+
+    def on_chunk(r: Any) -> None:
+        bar.advance(task, len(r.done) + len(r.failed) + len(r.skipped))
+        if r.budget_exceeded and r.message:
+            stops.append(r.message)
+
     with Progress(transient=True, console=Console(stderr=True)) as bar:
         task = bar.add_task(f"job {job_id}", total=len(idx))
-        jobs.run_job_inprocess(store, idx, spec, job_id=job_id,
-                               on_chunk=lambda r: bar.advance(task, len(r.done) + len(r.failed) + len(r.skipped)))
+        jobs.run_job_inprocess(store, idx, spec, job_id=job_id, on_chunk=on_chunk)
     _print_job(jobs.job_progress(job_id), as_json)
+    if stops:
+        Console(stderr=True).print(f"[yellow]{stops[0]}[/]: finished work is saved; raise "
+                                   "LABELER_LLM_BUDGET_USD and run `labeler label` again to go on", highlight=False)
+        raise typer.Exit(3)
 
 
 @app.command()
