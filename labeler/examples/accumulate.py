@@ -8,9 +8,9 @@ and explainer examples never share a window. Each split keeps its own reservoirs
   independent of batch boundaries, so a resumed run ends in exactly the same state;
 - ``nonactivating``: a uniform sample of windows where the feature's max is <= 0.
 
-A reservoir merges a batch with one ``topk`` over [F, K + B] keys and then copies per-token
-activations only for the entries that changed: the evicted slots and the new candidates, paired
-up per feature (each row has as many of one as of the other). Quantile-stratified samples are
+A reservoir keeps each feature's worst kept key (its floor) and that slot; a batch's candidates
+above the floor replace the worst slot one at a time per feature (in rounds over all features
+at once), and per-token activations are copied only for the entries that changed. Quantile-stratified samples are
 chosen from the random reservoir when the store is read (see ``store.quantile_strata``).
 """
 
@@ -47,7 +47,7 @@ DEFAULT_SPLIT_PERCENT = (70, 10, 20)
 def mix(x):
     """Integer hash of values in [0, 2**31) (numpy or torch int64) -> [0, 2**31)."""
     for c in (0x2545F491, 0x4F6CDD1D, 0x1B873593):
-        x = ((x ^ (x >> 13)) * c + 0x6B43A9B5) % _P
+        x = (((x ^ (x >> 13)) * c) >> 7) & _P  # < 2**62 before the shift: no int64 overflow
     return x
 
 
@@ -69,6 +69,7 @@ class Reservoir:
         self.win = torch.full((n_features, k), -1, dtype=torch.int64)
         self.max = torch.zeros((n_features, k), dtype=torch.float32)
         self.acts = torch.zeros((n_features, k, ctx_len), dtype=torch.float16) if store_acts else None
+        self._refresh_floor()
 
     def state(self, prefix: str) -> dict[str, torch.Tensor]:
         out = {f"{prefix}/key": self.key, f"{prefix}/win": self.win, f"{prefix}/max": self.max}
@@ -82,41 +83,69 @@ class Reservoir:
         self.max.copy_(state[f"{prefix}/max"])
         if self.acts is not None:
             self.acts.copy_(state[f"{prefix}/acts"])
+        self._refresh_floor()
+
+    def _refresh_floor(self) -> None:
+        """floor: the worst kept key of each feature; worst: its slot (where the next entry goes)."""
+        if self.k:
+            low = self.key.min(dim=1)
+            self.floor, self.worst = low.values.clone(), low.indices.clone()
+        else:
+            self.floor = self.key.new_zeros(self.key.shape[0])
+            self.worst = torch.zeros(self.key.shape[0], dtype=torch.int64)
 
     def offer(self, cand_key: torch.Tensor, cand_win: torch.Tensor, cand_max: torch.Tensor, gather) -> None:
-        """cand_key / cand_max [F, B]; cand_win [B]; gather(b, f) -> [n, ctx_len] activations."""
+        """cand_key / cand_max [F, B]; cand_win [B]; gather(b, f) -> [n, ctx_len] activations.
+
+        Only candidates above their feature's current floor (worst kept key) matter; they are
+        inserted in rounds, one per feature per round, each replacing that feature's worst slot,
+        so the work is proportional to what actually changes, not to F x (K + B).
+        """
         if self.k == 0 or cand_key.shape[1] == 0:
             return
-        # Only rows where some candidate beats the current worst kept entry can change.
-        rows = (cand_key.amax(dim=1) > self.key.amin(dim=1)).nonzero(as_tuple=True)[0]
-        if rows.numel() == 0:
+        f_idx, b_idx = (cand_key > self.floor[:, None]).nonzero(as_tuple=True)
+        if f_idx.numel() == 0:
             return
-        old = self.key[rows]
-        cand = cand_key[rows]
-        merged = torch.cat([old, cand], dim=1)
-        chosen = merged.topk(self.k, dim=1, sorted=False).indices
-        keep = torch.zeros(merged.shape, dtype=torch.bool).scatter_(1, chosen, True)
-        new_r, new_b = keep[:, self.k:].nonzero(as_tuple=True)
-        ev_r, ev_s = (~keep[:, : self.k]).nonzero(as_tuple=True)
-        # Row-major order pairs the i-th new candidate of a row with its i-th evicted slot.
-        new_keys = cand[new_r, new_b]
-        ok = new_keys != self.invalid  # an invalid candidate only ever replaces an empty slot
-        new_r, new_b, ev_s, new_keys = new_r[ok], new_b[ok], ev_s[ok], new_keys[ok]
-        if new_r.numel() == 0:
-            return
-        feats = rows[new_r]
-        self.key[feats, ev_s] = new_keys
-        self.win[feats, ev_s] = cand_win[new_b]
-        self.max[feats, ev_s] = cand_max[feats, new_b]
-        if self.acts is not None:
-            self.acts[feats, ev_s] = gather(new_b, feats).to(torch.float16)
+        keys = cand_key[f_idx, b_idx]  # nonzero() is row-major: grouped by feature already
+        pos = torch.arange(f_idx.numel())
+        first = torch.ones_like(f_idx, dtype=torch.bool)
+        first[1:] = f_idx[1:] != f_idx[:-1]
+        rank = pos - torch.cummax(torch.where(first, pos, 0), dim=0).values  # index within its feature
+        by_round = torch.argsort(rank, stable=True)
+        counts = torch.bincount(rank).tolist()
+        start = 0
+        for n in counts:
+            take = by_round[start : start + n]
+            start += n
+            f, b, kk = f_idx[take], b_idx[take], keys[take]
+            better = kk > self.floor[f]
+            if not bool(better.all()):
+                f, b, kk = f[better], b[better], kk[better]
+                if f.numel() == 0:
+                    continue
+            slot = self.worst[f]
+            self.key[f, slot] = kk
+            self.win[f, slot] = cand_win[b]
+            self.max[f, slot] = cand_max[f, b]
+            if self.acts is not None:
+                self.acts[f, slot] = gather(b, f).to(torch.float16)
+            low = self.key[f].min(dim=1)
+            self.floor[f] = low.values
+            self.worst[f] = low.indices
 
 
 class BatchActs:
-    """Feature activations of one batch of windows [B, L, F], dense or TopK-sparse."""
+    """Feature activations of one batch of windows [B, L, F], dense or TopK-sparse.
 
-    def __init__(self, enc: Encoded, n_windows: int, ctx_len: int):
+    For TopK SAEs, per-token rows are gathered from a scratch buffer laid out [B, F, L] that is
+    filled with the batch's few nonzeros and cleared again afterwards (``release``), so no
+    dense [tokens, F] tensor is ever built or zeroed.
+    """
+
+    def __init__(self, enc: Encoded, n_windows: int, ctx_len: int, scratch: torch.Tensor | None = None):
         self.B, self.L, self.F = n_windows, ctx_len, enc.n_features
+        self.scratch = scratch
+        self._pos: torch.Tensor | None = None
         if enc.dense is not None:
             self.dense = enc.dense.reshape(n_windows, ctx_len, self.F)
             self.values = self.indices = None
@@ -137,8 +166,23 @@ class BatchActs:
         """[n, L] activations of feature f[i] over the tokens of window b[i]."""
         if self.dense is not None:
             return self.dense[b, :, f]
-        hit = self.indices[b] == f[:, None, None]
-        return (self.values[b] * hit).sum(dim=-1)
+        if self._pos is None:
+            B, L, F = self.B, self.L, self.F
+            if self.scratch is None or self.scratch.numel() < B * F * L:
+                self.scratch = torch.zeros(B * F * L, dtype=self.values.dtype)
+            b_idx = torch.arange(B).view(B, 1, 1)
+            l_idx = torch.arange(L).view(1, L, 1)
+            self._pos = ((b_idx * F + self.indices) * L + l_idx).reshape(-1)
+            self.scratch[self._pos] = self.values.reshape(-1)
+        rows = self.scratch[: self.B * self.F * self.L].view(self.B, self.F, self.L)
+        return rows[b, f]
+
+    def release(self) -> torch.Tensor | None:
+        """Zero what ``gather`` wrote and hand the scratch buffer back for the next batch."""
+        if self._pos is not None:
+            self.scratch[self._pos] = 0
+            self._pos = None
+        return self.scratch
 
     def token_stats(self, nonneg: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(count > 0, sum, sum over positive, histogram counts [F, bins]) for this batch."""
@@ -176,10 +220,10 @@ class Accumulator:
         for s in SPLITS:
             z = sizes[s]
             self.res[(s, "top")] = Reservoir(n_features, z.top, ctx_len, key_dtype=torch.float32, store_acts=True)
-            self.res[(s, "random")] = Reservoir(n_features, z.random, ctx_len, key_dtype=torch.int64, store_acts=True)
+            self.res[(s, "random")] = Reservoir(n_features, z.random, ctx_len, key_dtype=torch.int32, store_acts=True)
             # For SAEs a non-activating window is all zeros: no need to keep its activations.
             self.res[(s, "nonactivating")] = Reservoir(n_features, z.nonactivating, ctx_len,
-                                                       key_dtype=torch.int64, store_acts=not nonneg)
+                                                       key_dtype=torch.int32, store_acts=not nonneg)
         nb = len(HIST_EDGES) - 1
         self.count = torch.zeros(n_features, dtype=torch.int64)
         self.sum = torch.zeros(n_features, dtype=torch.float64)
@@ -188,10 +232,11 @@ class Accumulator:
         self.hist = torch.zeros((n_features, nb), dtype=torch.int64)
         self.tokens_seen = 0
         self.windows_seen = 0
+        self._scratch: torch.Tensor | None = None
         self.feature_hash = mix(torch.arange(n_features, dtype=torch.int64) * 31 + 977 + seed % _P)
 
     def update(self, window_ids: torch.Tensor, enc: Encoded) -> None:
-        acts = BatchActs(enc, len(window_ids), self.L)
+        acts = BatchActs(enc, len(window_ids), self.L, self._scratch)
         count, total, pos_sum, hist = acts.token_stats(self.nonneg)
         self.count += count
         self.sum += total
@@ -211,9 +256,10 @@ class Accumulator:
             active = m > 0
             gather = lambda b, f, cols=cols: acts.gather(cols[b], f)  # noqa: E731
             self.res[(s, "top")].offer(torch.where(active, m, -float("inf")), wins, m, gather)
-            h = mix(mix(wins % _P)[None, :] ^ self.feature_hash[:, None])  # [F, Bs] uniform keys
+            h = mix(mix(wins % _P)[None, :] ^ self.feature_hash[:, None]).to(torch.int32)  # [F, Bs] uniform keys
             self.res[(s, "random")].offer(torch.where(active, h, -1), wins, m, gather)
             self.res[(s, "nonactivating")].offer(torch.where(active, -1, h), wins, m, gather)
+        self._scratch = acts.release()
 
     def state(self) -> dict[str, torch.Tensor]:
         out: dict[str, torch.Tensor] = {}
