@@ -12,8 +12,11 @@ the queue costs (task dispatch, status checks, worker bookkeeping).
 Prints one JSON object.  Uses its own redis-server (free port), a scratch PostgreSQL database
 (LABELER_TEST_POSTGRES admin URL) and a tiny store built here.
 
-    python benchmarks/bench_queue.py                       # defaults: 64 features, 0.5 s latency
-    python benchmarks/bench_queue.py --latency 0.25 --features 32
+    python benchmarks/bench_queue.py                       # defaults: 96 features, 2 s latency
+    python benchmarks/bench_queue.py --latency 0.5 --features 32
+
+Timed runs start after a warm-up job on the same workers (first-chunk costs: store, database
+and LLM connections, the logprob probe), so they measure steady-state throughput.
 """
 
 from __future__ import annotations
@@ -98,13 +101,13 @@ def configure(env: dict[str, str]) -> None:
     reset_settings()
 
 
-def start_workers(n: int, env: dict[str, str], logdir: Path) -> list[subprocess.Popen]:
+def start_workers(n: int, env: dict[str, str], logdir: Path, concurrency: int = 1) -> list[subprocess.Popen]:
     procs, logs = [], []
     for i in range(n):
         log = logdir / f"worker-{n}-{i}.log"
         logs.append(log)
         procs.append(subprocess.Popen(
-            [sys.executable, "-m", "labeler", "worker", "--concurrency", "1", "--pool", "threads",
+            [sys.executable, "-m", "labeler", "worker", "--concurrency", str(concurrency), "--pool", "threads",
              "--loglevel", "WARNING", "--hostname", f"bench{n}-{i}@%h"],
             env=env, cwd=ROOT, stdout=open(log, "wb"), stderr=subprocess.STDOUT))
     # ready when the worker has connected: celery prints "ready." at INFO, so ask the broker instead
@@ -145,10 +148,12 @@ def timed_job(store: Path, features: list[int], spec, *, queued: bool) -> tuple[
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--features", type=int, default=64)
-    ap.add_argument("--latency", type=float, default=0.5, help="LLM test server latency (s)")
-    ap.add_argument("--in-flight", type=int, default=2, help="LLM calls in flight per worker")
-    ap.add_argument("--chunk-size", type=int, default=2)
+    ap.add_argument("--features", type=int, default=128)
+    ap.add_argument("--latency", type=float, default=2.0, help="LLM test server latency (s)")
+    ap.add_argument("--in-flight", type=int, default=8, help="LLM calls in flight per worker")
+    ap.add_argument("--chunk-size", type=int, default=4)
+    ap.add_argument("--worker-threads", type=int, default=2,
+                    help="chunks a worker runs at once (each with in_flight / threads LLM calls)")
     ap.add_argument("--workers", default="1,2,4")
     ap.add_argument("--overhead-features", type=int, default=32)
     args = ap.parse_args()
@@ -166,6 +171,7 @@ def main() -> None:
     spec = LabelSpec(explainer="highlighted", scorers=["simulation"], control=False)
     out: dict = {"benchmark": "queue", "features": args.features, "latency_s": args.latency,
                  "in_flight_per_worker": args.in_flight, "chunk_size": args.chunk_size,
+                 "chunks_at_once_per_worker": args.worker_threads,
                  "cpu_cores": os.cpu_count(), "runs": {}}
     try:
         with TestLLMServer(latency_s=args.latency, seed=0) as server:
@@ -173,16 +179,22 @@ def main() -> None:
             base_env = {
                 "LABELER_REDIS_URL": redis_url, "LABELER_DATA_DIR": str(work / "data"),
                 "OPENAI_BASE_URL": server.base_url, "OPENAI_API_KEY": "bench",
-                "LABELER_LLM_CACHE": "false", "LABELER_LLM_CONCURRENCY": str(args.in_flight),
+                "LABELER_LLM_CACHE": "false", "LABELER_LLM_CONCURRENCY": str(max(1, args.in_flight // args.worker_threads)),
                 "LABELER_CHUNK_SIZE": str(args.chunk_size), "PYTHONPATH": str(ROOT),
             }
             features = list(range(args.features))
             for n in [int(x) for x in args.workers.split(",")]:
                 env = dict(os.environ, **base_env, LABELER_DATABASE_URL=dbs.new())
                 configure(env)
-                procs = start_workers(n, env, work)
-                calls_before = server.stats["chat"]
+                procs = start_workers(n, env, work, args.worker_threads)
                 try:
+                    # warm-up (not timed): each worker's first chunk opens the store, the database
+                    # and the LLM connections and probes logprob support; a different explainer
+                    # option keeps its explanations from being reused by the timed job
+                    warm = LabelSpec(explainer="highlighted", explainer_options={"n_examples": 9},
+                                     scorers=["simulation"])
+                    timed_job(store, features[: n * args.worker_threads * args.chunk_size], warm, queued=True)
+                    calls_before = server.stats["chat"]
                     seconds, info = timed_job(store, features, spec, queued=True)
                 finally:
                     stop_workers(procs)
@@ -208,12 +220,16 @@ def main() -> None:
             configure(env)
             procs = start_workers(1, env, work)
             try:
+                timed_job(store, feats[: args.chunk_size], LabelSpec(
+                    explainer="highlighted", explainer_options={"n_examples": 9}, scorers=["simulation"]), queued=True)
                 t_queue, _ = timed_job(store, feats, spec, queued=True)
             finally:
                 stop_workers(procs)
             configure(dict(base_env, LABELER_DATABASE_URL=dbs.new()))
             os.environ.pop("LABELER_REDIS_URL", None)
             configure({})
+            timed_job(store, feats[: args.chunk_size], LabelSpec(
+                explainer="highlighted", explainer_options={"n_examples": 9}, scorers=["simulation"]), queued=False)
             t_local, _ = timed_job(store, feats, spec, queued=False)
             out["overhead"] = {
                 "features": len(feats), "queued_1_worker_s": round(t_queue, 3), "inprocess_s": round(t_local, 3),

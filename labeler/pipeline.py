@@ -16,6 +16,7 @@ import asyncio
 import hashlib
 import json
 import threading
+import weakref
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterable
 
@@ -132,37 +133,38 @@ def default_explainer(settings: Settings | None = None) -> str:
 class _Stages:
     explainer: Any
     scorers: dict[str, Any]
-    llms: list[Any]
 
 
-# LLM clients are shared by every chunk a process runs (keyed by role, model and settings), so
-# HTTP connections to the endpoint are reused from chunk to chunk instead of reopened.
-_SHARED_LLMS: dict[tuple[str, str | None, int], tuple[Any, Settings]] = {}
+# LLM clients are shared by every chunk an event loop runs (a worker thread keeps one loop), so
+# HTTP connections to the endpoint are reused from chunk to chunk instead of reopened.  They are
+# per loop because a client's asyncio primitives belong to the loop that created them.
+_SHARED_LLMS: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple, tuple[Any, Settings]]]" = (
+    weakref.WeakKeyDictionary())
 _SHARED_LLMS_LOCK = threading.Lock()
 
 
 def shared_llm(role: str, settings: Settings, model: str | None = None) -> Any:
+    """This loop's client for (role, model, settings); None when no endpoint is configured."""
     from labeler.llm import get_llm
 
+    loop = asyncio.get_running_loop()
     key = (role, model, id(settings))
     with _SHARED_LLMS_LOCK:
-        hit = _SHARED_LLMS.get(key)
+        per_loop = _SHARED_LLMS.setdefault(loop, {})
+        hit = per_loop.get(key)
         if hit is None:
-            hit = _SHARED_LLMS[key] = (get_llm(role, settings, model=model), settings)  # keep settings alive
+            hit = per_loop[key] = (get_llm(role, settings, model=model), settings)  # keep settings alive
         return hit[0]
 
 
 async def close_shared_llms() -> None:
-    """Close the shared clients' connections (end of an in-process run, before its loop ends)."""
+    """Close this loop's shared clients (end of an in-process run, before its loop ends)."""
     with _SHARED_LLMS_LOCK:
-        clients = [c for c, _ in _SHARED_LLMS.values() if c is not None]
-        _SHARED_LLMS.clear()
-    await _close_llms(clients)
+        per_loop = _SHARED_LLMS.pop(asyncio.get_running_loop(), {})
+    await _close_llms([c for c, _ in per_loop.values() if c is not None])
 
 
 def _build_stages(spec: LabelSpec, settings: Settings, *, explain: bool = True, score: bool = True) -> _Stages:
-    llms: list[Any] = []
-
     def llm_for(role: str, model: str | None) -> Any:
         return shared_llm(role, settings, model)
 
@@ -184,7 +186,7 @@ def _build_stages(spec: LabelSpec, settings: Settings, *, explain: bool = True, 
             model = spec.simulator_model if cls.llm_role == "simulator" else spec.scorer_model
             llm = llm_for(cls.llm_role, model) if name != "embedding" else None
             scorers[name] = get_scorer(name, llm=llm, **spec.scorer_options.get(name, {}))
-    return _Stages(explainer, scorers, llms)
+    return _Stages(explainer, scorers)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -374,18 +376,15 @@ async def label_features(
             if isinstance(o, BaseException) and not isinstance(o, _Stop):
                 raise o
 
-    try:
-        if explain:
-            await run_phase([guarded(st, explain_one) for st in states.values()])
-        if score:
-            if not explain:  # score stored explanations (``labeler score``) is handled by score_features
-                raise ConfigError("label_features(score only) is not supported; use score_features")
-            texts = {f: st.explanation.text for f, st in states.items() if st.explanation is not None}
-            controls = control_texts(texts, spec.seed) if spec.control else {}
-            await run_phase([guarded(st, lambda s: score_one(s, controls.get(s.feature)))
-                             for st in states.values() if st.explanation is not None])
-    finally:
-        await _close_llms(stages.llms)
+    if explain:
+        await run_phase([guarded(st, explain_one) for st in states.values()])
+    if score:
+        if not explain:  # scoring stored explanations (``labeler score``) is score_features' job
+            raise ConfigError("label_features(score only) is not supported; use score_features")
+        texts = {f: st.explanation.text for f, st in states.items() if st.explanation is not None}
+        controls = control_texts(texts, spec.seed) if spec.control else {}
+        await run_phase([guarded(st, lambda s: score_one(s, controls.get(s.feature)))
+                         for st in states.values() if st.explanation is not None])
 
     for f, st in states.items():
         if st.error is not None:
@@ -486,10 +485,7 @@ async def score_features(
             except Exception as e:
                 result.failed[f] = _reason(e)
 
-    try:
-        await asyncio.gather(*(one(f) for f in with_exp))
-    finally:
-        await _close_llms(stages.llms)
+    await asyncio.gather(*(one(f) for f in with_exp))
     if stop:
         result.budget_exceeded = True
         result.message = f"stopped: {stop[0]}"
