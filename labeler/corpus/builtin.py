@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import ast
 import io
+import json
 import os
+import sys
 import sysconfig
 import tokenize
 from collections.abc import Iterator
@@ -58,10 +60,41 @@ def texts_of_source(source: str) -> list[str]:
     return [t for t in texts if len(t) > 20]
 
 
-def iter_builtin_texts() -> Iterator[str]:
+def generate_builtin_texts() -> Iterator[str]:
+    """Extract the texts from the standard library sources (about 9 s for the whole pass)."""
     for path in stdlib_files():
         try:
             source = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError):
             continue
         yield from texts_of_source(source)
+
+
+def cache_path() -> Path:
+    from labeler.core.config import get_settings
+
+    v = sys.version_info
+    return get_settings().data_dir / "corpus" / f"builtin-py{v.major}.{v.minor}.{v.micro}.jsonl"
+
+
+def iter_builtin_texts(*, use_cache: bool = True) -> Iterator[str]:
+    """The builtin corpus. Extracted once per Python version into a JSON-lines cache under the
+    data dir (written atomically), so later runs stream it without re-parsing the sources."""
+    if not use_cache:
+        yield from generate_builtin_texts()
+        return
+    path = cache_path()
+    if not path.exists():
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+            with tmp.open("w", encoding="utf-8") as fh:
+                for text in generate_builtin_texts():
+                    fh.write(json.dumps(text) + "\n")
+            os.replace(tmp, path)
+        except OSError:  # read-only data dir: extract on the fly instead
+            yield from generate_builtin_texts()
+            return
+    with path.open(encoding="utf-8") as fh:
+        for line in fh:
+            yield json.loads(line)

@@ -60,24 +60,23 @@ def frame_for(tokenizer, *, drop_bos: bool = False) -> WindowFrame:
 def iter_windows(texts: Iterable[str], tokenizer, ctx_len: int, *, doc_batch: int = 64) -> Iterator[np.ndarray]:
     """Yield int32 arrays of ``ctx_len`` content token ids, in corpus order."""
     special = np.asarray(sorted(set(tokenizer.all_special_ids)), dtype=np.int64)
-    sep = [t for t in tokenizer("\n\n", add_special_tokens=False)["input_ids"] if t not in set(special.tolist())]
-    buf: list[int] = []
+    sep = np.asarray([t for t in tokenizer("\n\n", add_special_tokens=False)["input_ids"]
+                      if t not in set(special.tolist())], dtype=np.int64)
+    rest = np.zeros(0, dtype=np.int64)  # tokens carried over to the next window
     batch: list[str] = []
 
     def flush(docs: list[str]) -> Iterator[np.ndarray]:
-        nonlocal buf
-        enc = tokenizer(docs, add_special_tokens=False)["input_ids"]
-        for ids in enc:
-            if not ids:
-                continue
-            arr = np.asarray(ids, dtype=np.int64)
-            if special.size:
-                arr = arr[~np.isin(arr, special)]
-            buf.extend(arr.tolist())
-            buf.extend(sep)
-            while len(buf) >= ctx_len:
-                yield np.asarray(buf[:ctx_len], dtype=np.int32)
-                buf = buf[ctx_len:]
+        nonlocal rest
+        parts = [rest]
+        for ids in tokenizer(docs, add_special_tokens=False)["input_ids"]:
+            if ids:
+                parts += [np.asarray(ids, dtype=np.int64), sep]
+        stream = np.concatenate(parts)
+        if special.size:
+            stream = stream[~np.isin(stream, special)]
+        n_full = len(stream) // ctx_len
+        yield from stream[: n_full * ctx_len].astype(np.int32).reshape(n_full, ctx_len)
+        rest = stream[n_full * ctx_len :]
 
     for text in texts:
         if not text or not text.strip():

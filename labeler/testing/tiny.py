@@ -20,7 +20,7 @@ def _bpe_json(vocab_size: int) -> str:
 
     from labeler.corpus.builtin import iter_builtin_texts
 
-    texts = list(itertools.islice(iter_builtin_texts(), 300))
+    texts = list(itertools.islice(iter_builtin_texts(use_cache=False), 300))
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -148,7 +148,7 @@ def write_tiny_corpus(path: str | Path, n_docs: int = 60, seed: int = 0) -> Path
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    docs = list(itertools.islice(iter_builtin_texts(), seed * n_docs, (seed + 1) * n_docs))
+    docs = list(itertools.islice(iter_builtin_texts(use_cache=False), seed * n_docs, (seed + 1) * n_docs))
     path.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
     return path
 
