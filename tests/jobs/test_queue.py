@@ -149,7 +149,8 @@ def test_cancel_stops_new_chunks(tiny_store, alive_features, queue_env, redis_ur
     wait_until(lambda: pool.log("a").count("succeeded") >= n_chunks, timeout_s=60, what="the queue to drain")
     info = jobs.job_progress(job_id)
     assert info["status"] == "cancelled"
-    assert info["counts"]["pending"] >= len(features) - 3
+    # at most the chunk in flight and one started just before the status was read (chunks of 2)
+    assert info["counts"]["pending"] >= len(features) - 4
     assert info["counts"]["done"] >= 1
 
 
