@@ -3,6 +3,7 @@ LLM test server over HTTP."""
 
 from __future__ import annotations
 
+import re
 import time
 from collections import Counter
 
@@ -112,7 +113,13 @@ def test_sigkill_of_a_worker_mid_job_loses_and_duplicates_nothing(tiny_store, al
     assert set(exps.values()) == {1}, f"duplicate explanation rows: {exps}"
     assert set(scores.values()) == {1}, "duplicate score rows"
     assert len(scores) == 4 * len(features)
-    assert "succeeded" in pool.log("survivor")
+    # the chunk the victim held was redelivered to the survivor and finished there
+    received = set(re.findall(r"label_chunk\[([0-9a-f-]+)\] received", pool.log("victim")))
+    finished = set(re.findall(r"label_chunk\[([0-9a-f-]+)\] succeeded", pool.log("victim")))
+    lost = received - finished
+    assert lost, "the victim should have died holding a chunk"
+    survivor_done = set(re.findall(r"label_chunk\[([0-9a-f-]+)\] succeeded", pool.log("survivor")))
+    assert lost <= survivor_done
 
 
 def test_redis_restart_mid_job_still_finishes(tiny_store, alive_features, queue_env, private_redis, workers,
