@@ -14,9 +14,8 @@ from labeler.cli._app import app  # noqa: F401
 def _device(device: Optional[str]) -> str:
     from labeler.core.config import get_settings
 
-    s = get_settings()
     if device in (None, "auto"):
-        return s.resolved_device() if device is None or device == "auto" else device
+        return get_settings().resolved_device()  # LABELER_DEVICE, "auto" picks CUDA when present
     return device
 
 

@@ -129,7 +129,7 @@ def token_strings(tokenizer) -> list[str]:
 def run_collect(cfg: CollectConfig, out: str | Path, *, force: bool = False, progress: bool = True,
                 log=print) -> Path:
     """Collect (or resume, or skip when already complete) the store at ``out``."""
-    from labeler.activations import HookedModel, load_encoder, load_model, output_embedding
+    from labeler.activations import HookedModel, load_encoder, load_model
 
     cfg.validate()
     out = Path(out)
@@ -147,8 +147,9 @@ def run_collect(cfg: CollectConfig, out: str | Path, *, force: bool = False, pro
     model, tokenizer = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
     hooked = HookedModel(model, cfg.hook, cfg.hook_io)
     frame = frame_for(tokenizer, drop_bos=cfg.drop_bos)
-    probe = torch.as_tensor(frame.wrap(np.zeros((1, 2), dtype=np.int64) + (tokenizer("a", add_special_tokens=False)["input_ids"] or [0])[0]))
-    d_model = int(hooked.activations(probe).shape[-1])
+    some_token = (tokenizer("a", add_special_tokens=False)["input_ids"] or [0])[0]
+    probe = frame.wrap(np.full((1, 2), some_token, dtype=np.int64))
+    d_model = int(hooked.activations(torch.from_numpy(probe)).shape[-1])  # the hookpoint's real width
     encoder = load_encoder(cfg.sae, hook=cfg.hook, d_model=d_model).to(hooked.device)
     nonneg = encoder.architecture != "neurons"
 
@@ -287,13 +288,11 @@ def _finalize(out: Path, cfg: CollectConfig, acc: Accumulator, encoder, model, t
     seen = acc.tokens_seen
     stats = {
         "count": acc.count.numpy(), "tokens_seen": np.full(F, seen, dtype=np.int64),
-        "max": np.where(acc.count.numpy() > 0, acc.max.numpy(), np.maximum(acc.max.numpy(), 0)).astype(np.float32),
+        "max": acc.max.numpy(),  # for neurons this can be negative
         "mean": (acc.sum / max(seen, 1)).float().numpy(),
         "mean_active": (acc.pos_sum / acc.count.clamp_min(1)).float().numpy(),
         "hist": acc.hist.numpy(), "hist_edges": HIST_EDGES,
     }
-    if encoder.architecture == "neurons":
-        stats["max"] = acc.max.numpy()
     from safetensors.numpy import save_file as np_save
 
     np_save({k: np.ascontiguousarray(v) for k, v in stats.items()}, str(out / "stats.safetensors"))
