@@ -168,7 +168,9 @@ def main() -> None:
     store = Path(make_tiny_store(work / "store", n_features=max(args.features, args.overhead_features)))
     redis_proc, redis_url = start_redis(work)
     dbs = ScratchDatabases()
-    spec = LabelSpec(explainer="highlighted", scorers=["simulation"], control=False)
+    # max_tokens well above the test server's answers: no explainer retries for cut-off answers,
+    # so every feature costs the same LLM rounds and the runs compare queue scaling only
+    spec = LabelSpec(explainer="highlighted", explainer_options={"max_tokens": 200}, scorers=["simulation"])
     out: dict = {"benchmark": "queue", "features": args.features, "latency_s": args.latency,
                  "in_flight_per_worker": args.in_flight, "chunk_size": args.chunk_size,
                  "chunks_at_once_per_worker": args.worker_threads,
@@ -191,7 +193,7 @@ def main() -> None:
                     # warm-up (not timed): each worker's first chunk opens the store, the database
                     # and the LLM connections and probes logprob support; a different explainer
                     # option keeps its explanations from being reused by the timed job
-                    warm = LabelSpec(explainer="highlighted", explainer_options={"n_examples": 9},
+                    warm = LabelSpec(explainer="highlighted", explainer_options={"n_examples": 9, "max_tokens": 200},
                                      scorers=["simulation"])
                     timed_job(store, features[: n * args.worker_threads * args.chunk_size], warm, queued=True)
                     calls_before = server.stats["chat"]
@@ -221,7 +223,7 @@ def main() -> None:
             procs = start_workers(1, env, work)
             try:
                 timed_job(store, feats[: args.chunk_size], LabelSpec(
-                    explainer="highlighted", explainer_options={"n_examples": 9}, scorers=["simulation"]), queued=True)
+                    explainer="highlighted", explainer_options={"n_examples": 9, "max_tokens": 200}, scorers=["simulation"]), queued=True)
                 t_queue, _ = timed_job(store, feats, spec, queued=True)
             finally:
                 stop_workers(procs)
@@ -229,7 +231,7 @@ def main() -> None:
             os.environ.pop("LABELER_REDIS_URL", None)
             configure({})
             timed_job(store, feats[: args.chunk_size], LabelSpec(
-                explainer="highlighted", explainer_options={"n_examples": 9}, scorers=["simulation"]), queued=False)
+                explainer="highlighted", explainer_options={"n_examples": 9, "max_tokens": 200}, scorers=["simulation"]), queued=False)
             t_local, _ = timed_job(store, feats, spec, queued=False)
             out["overhead"] = {
                 "features": len(feats), "queued_1_worker_s": round(t_queue, 3), "inprocess_s": round(t_local, 3),
