@@ -157,7 +157,7 @@ def run_collect(cfg: CollectConfig, out: str | Path, *, force: bool = False, pro
     manifest = {
         "format_version": FORMAT_VERSION, "status": "running", "config_hash": config_hash(identity),
         "identity": identity,
-        "model": {"name": cfg.model.rstrip("/").split("/")[-1] if Path(cfg.model).exists() else cfg.model,
+        "model": {"name": _model_name(cfg.model),
                   "path_or_id": cfg.model, "hook": cfg.hook, "hook_io": cfg.hook_io, "d_model": d_model,
                   "dtype": cfg.dtype, "class": type(model).__name__},
         "sae": encoder.describe(),
@@ -222,6 +222,15 @@ def run_collect(cfg: CollectConfig, out: str | Path, *, force: bool = False, pro
     manifest["timing"]["accumulate_s"] = round(update_s, 3)
     _finalize(out, cfg, acc, encoder, model, tokenizer, manifest)
     return out
+
+
+def _model_name(model: str) -> str:
+    """Hub ids as given; local folders by their name (their parent's when the folder is just 'model')."""
+    p = Path(model).expanduser()
+    if not p.exists():
+        return model
+    p = p.resolve()
+    return p.parent.name if p.name.lower() in ("model", "models", "weights", "checkpoint") else p.name
 
 
 def _batched(windows, size: int):
