@@ -14,7 +14,6 @@ It creates a scratch database on the server and drops it afterwards.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import random

@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterable
 
 from labeler.core.config import Settings, get_settings
 from labeler.core.errors import BudgetExceeded, ConfigError, LLMError
-from labeler.records import Explanation, FeatureRecord, LLMUsage, ScoreResult
+from labeler.records import Explanation, FeatureRecord, LLMUsage
 
 OFFLINE_EXPLAINERS = frozenset({"baseline"})
 DEFAULT_SCORERS = ("simulation",)

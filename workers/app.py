@@ -10,19 +10,11 @@ idempotent, so redelivery never duplicates a label.
 
 from __future__ import annotations
 
-import os
 
 from celery import Celery
 
 from labeler.core.config import Settings, get_settings
 
-# Seconds before a reserved but unacknowledged message is given to another worker.  It must be
-# longer than the longest chunk; tests shorten it to see redelivery quickly.
-DEFAULT_VISIBILITY_TIMEOUT_S = 3600
-
-
-def visibility_timeout_s() -> int:
-    return int(os.environ.get("LABELER_VISIBILITY_TIMEOUT_S", DEFAULT_VISIBILITY_TIMEOUT_S))
 
 
 def make_app(settings: Settings | None = None) -> Celery:
@@ -30,7 +22,7 @@ def make_app(settings: Settings | None = None) -> Celery:
     broker = settings.resolved_broker_url or "redis://127.0.0.1:6379/0"
     backend = settings.resolved_result_backend or broker
     app = Celery("labeler", broker=broker, backend=backend, include=["workers.tasks"])
-    vt = visibility_timeout_s()
+    vt = settings.visibility_timeout_s
     transport = {
         "visibility_timeout": vt,
         # sweep for messages abandoned by dead workers a few times per visibility timeout

@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     broker_url: str | None = None  # default: redis_url
     result_backend: str | None = None  # default: redis_url
     chunk_size: int = 16  # features per queue task
+    # Seconds before a reserved but unacknowledged chunk is handed to another worker; must be
+    # longer than the longest chunk (tests shorten it to see redelivery quickly).
+    visibility_timeout_s: int = 3600
 
     # --- compute --------------------------------------------------------------------------
     device: str = "auto"  # auto | cpu | cuda | cuda:N

@@ -15,12 +15,13 @@ capped) -> cost added to the process spend -> answer cached.
 from __future__ import annotations
 
 import asyncio
+import functools
+import ssl
 import email.utils
 import hashlib
 import json
 import logging
 import threading
-import time
 import weakref
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -150,6 +151,12 @@ def _retryable(exc: BaseException) -> bool:
 
 # --- the client ----------------------------------------------------------------------------------
 
+@functools.lru_cache(maxsize=1)
+def _ssl_context() -> ssl.SSLContext:
+    """One SSL context per process: building one costs ~20 ms, and every client needs it."""
+    return ssl.create_default_context()
+
+
 @dataclass
 class LLMClient:
     model: str
@@ -209,7 +216,8 @@ class LLMClient:
         if client is None:
             # retries are ours (tenacity), so the SDK's own are off
             client = openai.AsyncOpenAI(base_url=self.base_url, api_key=self.api_key or "EMPTY",
-                                        timeout=self.timeout_s, max_retries=0)
+                                        timeout=self.timeout_s, max_retries=0,
+                                        http_client=openai.DefaultAsyncHttpxClient(verify=_ssl_context()))
             self._openai[loop] = client
         return client
 

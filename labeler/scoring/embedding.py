@@ -40,7 +40,6 @@ _LOAD_LOCK = threading.Lock()
 @lru_cache(maxsize=4)
 def _load(path: str):
     """Tokenizer + model, loaded once per process and path."""
-    import torch
     from transformers import AutoModel, AutoTokenizer
 
     if not Path(path).is_dir():

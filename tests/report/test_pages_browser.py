@@ -128,7 +128,7 @@ def test_index_pages_browse_and_search(server, labeled_db, tmp_path):
     dom = dump_dom(tmp_path, f"{base}?q={word}")
     found = re.findall(rf'href="/features/{labeled_db.model_slug}/{labeled_db.sae_slug}/(\d+)"', dom)
     assert str(target) in found, (word, target, found)
-    assert re.search(rf"\d+ features? match", _text(dom))
+    assert re.search(r"\d+ features? match", _text(dom))
     assert f'value="{word}"' in dom  # the form keeps the query
 
     none = _text(dump_dom(tmp_path, f"{base}?q=zzzqqqxxyy"))
