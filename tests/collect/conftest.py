@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -11,9 +10,17 @@ import torch
 
 from labeler.testing import make_tiny_model, make_tiny_sae, write_tiny_corpus
 
-# Tiny models on a shared 2-core machine: one intra-op thread is many times faster than two.
-os.environ["OMP_NUM_THREADS"] = "1"  # inherited by the subprocesses the tests start
-torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def one_thread(monkeypatch):
+    """Tiny models on a shared 2-core machine: one intra-op thread is many times faster than two.
+    Scoped to these tests (restored afterwards); subprocesses inherit OMP_NUM_THREADS."""
+    before = torch.get_num_threads()
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 HOOKS = {"gpt2": "transformer.h.0", "llama": "model.layers.0", "bert": "encoder.layer.0"}
 
