@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import signal
+import sys
+import threading
 import json
 import shutil
 import time
@@ -196,6 +199,7 @@ def run_collect(cfg: CollectConfig, out: str | Path, *, force: bool = False, pro
     content = frame.content_slice
     update_s = 0.0
     model_s = 0.0  # time in forward-to-hook + encode: the bare cost the benchmark compares with
+    stop = _InterruptFlag()
     try:
         for ids in batches:
             start = acc.windows_seen
@@ -210,10 +214,17 @@ def run_collect(cfg: CollectConfig, out: str | Path, *, force: bool = False, pro
             update_s += time.perf_counter() - t1
             if bar is not None:
                 bar.update(len(ids) * cfg.ctx_len)
+            if stop.requested:
+                # Ctrl-C lands between batches, where the state is consistent: keep all of it.
+                _save_checkpoint(acc, tokens_mm, ckpt)
+                print(f"interrupted: {acc.tokens_seen} tokens are saved in {ckpt}; "
+                      "run the same command again to resume", file=sys.stderr, flush=True)
+                raise KeyboardInterrupt
             if time.monotonic() - last_ckpt > cfg.checkpoint_every_s:
                 _save_checkpoint(acc, tokens_mm, ckpt)
                 last_ckpt = time.monotonic()
     finally:
+        stop.restore()
         if bar is not None:
             bar.close()
     if acc.windows_seen == 0:
@@ -226,6 +237,26 @@ def run_collect(cfg: CollectConfig, out: str | Path, *, force: bool = False, pro
     manifest["timing"]["accumulate_s"] = round(update_s, 3)
     _finalize(out, cfg, acc, encoder, model, tokenizer, manifest)
     return out
+
+
+class _InterruptFlag:
+    """Turn SIGINT into a flag checked between batches (a second Ctrl-C interrupts at once)."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous = None
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def restore(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
 
 
 class _threads:
@@ -248,7 +279,7 @@ def _model_name(model: str) -> str:
     p = Path(model).expanduser()
     if not p.exists():
         return model
-    p = p.resolve()
+    p = p.absolute()  # keep a symlink's own name (the demo names MiniLM that way)
     return p.parent.name if p.name.lower() in ("model", "models", "weights", "checkpoint") else p.name
 
 

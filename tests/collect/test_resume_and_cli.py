@@ -160,3 +160,32 @@ def test_train_sae_saves_saelens_layout_that_reconstructs(inputs, corpus, tmp_pa
     recon = z @ enc.W_dec + enc.b_dec
     fvu = float((recon - x).pow(2).sum() / (x - x.mean(0)).pow(2).sum())
     assert fvu < 0.35, fvu  # the mean alone gives 1.0
+
+
+def test_ctrl_c_saves_a_checkpoint_and_the_same_command_resumes(inputs, gpt2_topk_sae, tmp_path, capsys):
+    corpus = write_tiny_corpus(tmp_path / "big.jsonl", n_docs=300)
+    out = tmp_path / "interrupted"
+    # No periodic checkpoints: whatever is saved was saved because of the Ctrl-C.
+    args = collect_args(inputs / "gpt2", gpt2_topk_sae, corpus, out, "--checkpoint-every", "3600")
+    proc = subprocess.Popen([sys.executable, "-m", "labeler", *args], env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not (out / "tokens.partial.npy").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err.decode()[-2000:]
+    assert "resume" in err.decode()
+    assert (out / "checkpoint.safetensors").exists()
+
+    code, text = run_cli(args, capsys)
+    assert code == 0, text
+    assert "resuming" in text
+    fresh = tmp_path / "fresh"
+    code, text = run_cli(collect_args(inputs / "gpt2", gpt2_topk_sae, corpus, fresh), capsys)
+    assert code == 0, text
+    a, b = store_contents(out), store_contents(fresh)
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
