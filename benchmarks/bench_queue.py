@@ -202,7 +202,8 @@ def main() -> None:
                     stop_workers(procs)
                 out["llm_calls_per_feature"] = round((server.stats["chat"] - calls_before) / len(features), 2)
                 out["runs"][str(n)] = {"seconds": round(seconds, 3), "features_per_s": round(len(features) / seconds, 3),
-                                       "done": info["counts"]["done"], "failed": info["counts"]["failed"]}
+                                       "done": info["counts"]["done"], "failed": info["counts"]["failed"],
+                                       "failures": info.get("errors", [])[:3]}
             one = out["runs"].get("1", {}).get("features_per_s")
             # one worker's LLM-bound ceiling: in_flight calls every `latency` seconds
             ceiling = args.in_flight / (args.latency * out["llm_calls_per_feature"])

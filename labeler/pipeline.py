@@ -263,6 +263,12 @@ class _FeatureState:
 # --------------------------------------------------------------------------- main entry
 
 
+def features_in_flight(settings) -> int:
+    """Features worked on at once: twice the LLM slots, so while some features render prompts
+    or parse answers (CPU) the others keep every LLM slot busy."""
+    return 2 * settings.llm_concurrency
+
+
 async def label_features(
     store: Any,
     features: Iterable[int],
@@ -297,7 +303,7 @@ async def label_features(
         return result
 
     stages = _build_stages(spec, settings, explain=explain, score=score)
-    sem = asyncio.Semaphore(max_in_flight or settings.llm_concurrency)
+    sem = asyncio.Semaphore(max_in_flight or features_in_flight(settings))
     states = {f: _FeatureState(f) for f in features}
     stopped: list[str] = []  # reason, once new work must not start
 
@@ -449,7 +455,7 @@ async def score_features(
     features = list(dict.fromkeys(int(f) for f in features))
     sae_id = sae_id_for_store(repo, store)
     stages = _build_stages(probe, settings, explain=False, score=True)
-    sem = asyncio.Semaphore(max_in_flight or settings.llm_concurrency)
+    sem = asyncio.Semaphore(max_in_flight or features_in_flight(settings))
     result = ChunkResult()
     stored: dict[int, list[dict[str, Any]]] = {f: [] for f in features}
     for view in repo.features_view(sae_id, features):

@@ -224,6 +224,9 @@ class TestLLMServer:
     def start(self) -> "TestLLMServer":
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # Accepted connections inherit this; without it Nagle's algorithm meets the client's
+        # delayed ACK and every keep-alive response waits ~40 ms (measured: 44 ms -> 1.4 ms).
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.bind((self.host, self.port))
         self.port = sock.getsockname()[1]
         cfg = uvicorn.Config(self.app, log_level="warning", access_log=False, lifespan="off",
