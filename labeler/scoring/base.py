@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import json
 import random
 import re
@@ -186,6 +188,22 @@ class Scorer(ABC):
 
 _TYPES: dict[str, tuple[type, ...]] = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,),
                                        "None": (type(None),)}
+
+
+async def gather_calls(calls: list[Any], usages: list[LLMUsage], attempts: list, result: ScoreResult) -> list[Any]:
+    """Run one scorer's LLM calls together; every call's usage and malformed attempts land in
+    ``result`` even when a call fails, then the first failure is raised."""
+    try:
+        outs = await asyncio.gather(*calls, return_exceptions=True)
+    finally:
+        for u in usages:
+            result.usage.add(u)
+    if attempts:
+        result.details["malformed_attempts"] = attempts
+    for o in outs:
+        if isinstance(o, BaseException):
+            raise o
+    return list(outs)
 
 
 def _check_option_type(scorer: str, key: str, value: Any, annotation: str) -> None:

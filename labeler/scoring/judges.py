@@ -14,7 +14,6 @@ digits (for 0/1 answers: the probability of "1") is also read, which gives AUROC
 
 from __future__ import annotations
 
-import asyncio
 import json
 import random
 from dataclasses import dataclass, field
@@ -24,7 +23,8 @@ from labeler.core.errors import ConfigError
 from labeler.records import ActivationExample, FeatureRecord, LLMUsage, ScoreResult
 from labeler.scoring import metrics
 from labeler.scoring.base import (
-    Scorer, ScorerOptions, ScoringFailed, context_text, digit_logprob_values, held_out, parse_json_list,
+    Scorer, ScorerOptions, ScoringFailed, context_text, digit_logprob_values, gather_calls, held_out,
+    parse_json_list,
 )
 
 
@@ -88,16 +88,7 @@ class _JudgeScorer(Scorer):
             return await self.ask(messages, parse, usage, max_tokens=4 * len(batch) + 16,
                                   logprobs=use_lp, attempts_log=attempts)
 
-        try:
-            outs = await asyncio.gather(*(run(b, u) for b, u in zip(batches, usages)), return_exceptions=True)
-        finally:
-            for u in usages:
-                result.usage.add(u)
-        if attempts:
-            result.details["malformed_attempts"] = attempts
-        for o in outs:
-            if isinstance(o, BaseException):
-                raise o
+        outs = await gather_calls([run(b, u) for b, u in zip(batches, usages)], usages, attempts, result)
         answers: list[int] = []
         soft_all: list[float] | None = [] if use_lp else None
         for hard, soft in outs:  # type: ignore[misc]

@@ -24,7 +24,6 @@ caps that); calls and tokens are recorded in ``ScoreResult.usage``.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 from dataclasses import dataclass
@@ -33,7 +32,9 @@ from typing import Any
 from labeler.core.errors import ConfigError
 from labeler.records import ActivationExample, FeatureRecord, LLMUsage, ScoreResult
 from labeler.scoring import metrics
-from labeler.scoring.base import MalformedAnswer, Scorer, ScorerOptions, ScoringFailed, held_out
+from labeler.scoring.base import (
+    MalformedAnswer, Scorer, ScorerOptions, ScoringFailed, gather_calls, held_out,
+)
 
 SCALE_MAX = 10
 BASELINE_VERSION = "v1"  # bump when the offline baseline's rules change (part of the score's identity)
@@ -289,17 +290,8 @@ class SimulationScorer(Scorer):
             return await self.ask(messages, parse, usage, max_tokens=per_line * n_tok + 8 * len(seqs) + 64,
                                   logprobs=True, attempts_log=attempts)
 
-        try:
-            answers = await asyncio.gather(*(run(idx, u) for idx, u in zip(chunks, usage_per_call)),
-                                           return_exceptions=True)
-        finally:
-            for u in usage_per_call:
-                result.usage.add(u)
-        if attempts:
-            result.details["malformed_attempts"] = attempts
-        for a in answers:
-            if isinstance(a, BaseException):
-                raise a
+        answers = await gather_calls([run(idx, u) for idx, u in zip(chunks, usage_per_call)], usage_per_call,
+                                     attempts, result)
         predictions: list[list[float]] = []
         point = 0
         for rows, p in answers:  # type: ignore[misc]
