@@ -603,9 +603,9 @@ class Repository:
             params["sae_id"] = sae_id
         if self.dialect == "postgresql":
             sql = ("SELECT e.id, e.sae_id, e.feature_index, e.text, e.explainer, e.llm_model, "
-                   "ts_rank(to_tsvector('english', e.text), q) AS rank "
+                   "ts_rank(e.text_fts, q) AS rank "  # stored tsvector (migration 0002)
                    "FROM explanation e, websearch_to_tsquery('english', :q) q "
-                   "WHERE to_tsvector('english', e.text) @@ q AND NOT e.failed" + sae_filter +
+                   "WHERE e.text_fts @@ q AND NOT e.failed" + sae_filter +
                    " ORDER BY rank DESC, e.id LIMIT :limit OFFSET :offset")
         else:
             words = [w for w in _fts_words(query)]

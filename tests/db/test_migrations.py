@@ -17,7 +17,7 @@ def test_upgrade_from_empty_matches_models(database_url):
     repo = Repository(database_url)
     assert repo.current_revision() is None
     repo.upgrade()
-    assert repo.current_revision() == head_revision() == "0001"
+    assert repo.current_revision() == head_revision() == "0002"
     names = set(sa.inspect(repo.engine).get_table_names())
     assert TABLES <= names
 
@@ -31,7 +31,7 @@ def test_upgrade_from_empty_matches_models(database_url):
     assert diff == [], f"migration and models disagree: {diff}"
 
     repo.upgrade()  # idempotent
-    assert repo.current_revision() == "0001"
+    assert repo.current_revision() == "0002"
     repo.close()
 
 
@@ -44,8 +44,12 @@ def test_full_text_structures_exist(database_url):
             assert kinds["explanation_fts"] == "table"
             assert {"explanation_fts_ai", "explanation_fts_ad", "explanation_fts_au"} <= set(kinds)
         else:
-            idx = c.execute(sa.text("SELECT indexdef FROM pg_indexes WHERE indexname = 'ix_explanation_fts'")).scalar_one()
-            assert "gin" in idx.lower() and "to_tsvector" in idx
+            idx = c.execute(sa.text("SELECT indexdef FROM pg_indexes WHERE indexname = 'ix_explanation_text_fts'")).scalar_one()
+            assert "gin" in idx.lower() and "text_fts" in idx
+            generated = c.execute(sa.text(
+                "SELECT generation_expression FROM information_schema.columns "
+                "WHERE table_name = 'explanation' AND column_name = 'text_fts'")).scalar_one()
+            assert "to_tsvector" in generated
     repo.close()
 
 
@@ -71,9 +75,9 @@ def test_cli_upgrade_and_current(tmp_path, monkeypatch):
     assert "none" in res.output
     res = runner.invoke(app, ["db", "upgrade", "--url", url])
     assert res.exit_code == 0, res.output
-    assert "0001" in res.output
+    assert "0002" in res.output
     res = runner.invoke(app, ["db", "current", "--url", url])
-    assert "current: 0001" in res.output and "up to date" in res.output
+    assert "current: 0002" in res.output and "up to date" in res.output
 
 
 def test_default_url_creates_parent_dir(isolated_settings):
