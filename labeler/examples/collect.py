@@ -181,52 +181,56 @@ def run_collect(cfg: CollectConfig, out: str | Path, *, force: bool = False, pro
                       split_percent=cfg.split_percent)
     ckpt = out / CHECKPOINT
     tok_path = out / "tokens.partial.npy"
-    if ckpt.exists() and tok_path.exists():
-        acc.load(_load_checkpoint(ckpt))
-        tokens_mm = np.lib.format.open_memmap(tok_path, mode="r+")
-        log(f"resuming {out} from window {acc.windows_seen} ({acc.tokens_seen} tokens)")
-    else:
-        tokens_mm = np.lib.format.open_memmap(tok_path, mode="w+", dtype=np.int32, shape=(n_target, cfg.ctx_len))
-
-    start_tokens = acc.tokens_seen
-    windows = iter_windows(iter_texts(cfg.corpus), tokenizer, cfg.ctx_len)
-    windows = itertools.islice(windows, acc.windows_seen, n_target)
-    batches = _batched(windows, cfg.batch_size)
-    bar = _progress(progress, n_target * cfg.ctx_len, acc.tokens_seen)
-    t_stream = time.monotonic()
-    manifest["timing"] = {"load_s": round(t_stream - t_load, 3)}
-    last_ckpt = time.monotonic()
-    content = frame.content_slice
-    update_s = 0.0
-    model_s = 0.0  # time in forward-to-hook + encode: the bare cost the benchmark compares with
+    # SIGINT becomes a flag before the partial token file exists, so a Ctrl-C at any point of
+    # the stream lands between batches and is saved.
     stop = _InterruptFlag()
     try:
-        for ids in batches:
-            start = acc.windows_seen
-            tokens_mm[start : start + len(ids)] = ids
-            t0 = time.perf_counter()
-            x = hooked.activations(torch.from_numpy(frame.wrap(ids.astype(np.int64))))[:, content]
-            enc = encoder.encode(x.reshape(-1, x.shape[-1]))
-            t1 = time.perf_counter()
-            model_s += t1 - t0
-            with _threads(cfg.accumulate_threads):
-                acc.update(torch.arange(start, start + len(ids), dtype=torch.int64), _to_cpu(enc))
-            update_s += time.perf_counter() - t1
+        if ckpt.exists() and tok_path.exists():
+            acc.load(_load_checkpoint(ckpt))
+            tokens_mm = np.lib.format.open_memmap(tok_path, mode="r+")
+            log(f"resuming {out} from window {acc.windows_seen} ({acc.tokens_seen} tokens)")
+        else:
+            tokens_mm = np.lib.format.open_memmap(tok_path, mode="w+", dtype=np.int32, shape=(n_target, cfg.ctx_len))
+
+        start_tokens = acc.tokens_seen
+        windows = iter_windows(iter_texts(cfg.corpus), tokenizer, cfg.ctx_len)
+        windows = itertools.islice(windows, acc.windows_seen, n_target)
+        batches = _batched(windows, cfg.batch_size)
+        bar = _progress(progress, n_target * cfg.ctx_len, acc.tokens_seen)
+        t_stream = time.monotonic()
+        manifest["timing"] = {"load_s": round(t_stream - t_load, 3)}
+        last_ckpt = time.monotonic()
+        content = frame.content_slice
+        update_s = 0.0
+        model_s = 0.0  # time in forward-to-hook + encode: the bare cost the benchmark compares with
+        try:
+            for ids in batches:
+                start = acc.windows_seen
+                tokens_mm[start : start + len(ids)] = ids
+                t0 = time.perf_counter()
+                x = hooked.activations(torch.from_numpy(frame.wrap(ids.astype(np.int64))))[:, content]
+                enc = encoder.encode(x.reshape(-1, x.shape[-1]))
+                t1 = time.perf_counter()
+                model_s += t1 - t0
+                with _threads(cfg.accumulate_threads):
+                    acc.update(torch.arange(start, start + len(ids), dtype=torch.int64), _to_cpu(enc))
+                update_s += time.perf_counter() - t1
+                if bar is not None:
+                    bar.update(len(ids) * cfg.ctx_len)
+                if stop.requested:
+                    # Ctrl-C lands between batches, where the state is consistent: keep all of it.
+                    _save_checkpoint(acc, tokens_mm, ckpt)
+                    print(f"interrupted: {acc.tokens_seen} tokens are saved in {ckpt}; "
+                          "run the same command again to resume", file=sys.stderr, flush=True)
+                    raise KeyboardInterrupt
+                if time.monotonic() - last_ckpt > cfg.checkpoint_every_s:
+                    _save_checkpoint(acc, tokens_mm, ckpt)
+                    last_ckpt = time.monotonic()
+        finally:
             if bar is not None:
-                bar.update(len(ids) * cfg.ctx_len)
-            if stop.requested:
-                # Ctrl-C lands between batches, where the state is consistent: keep all of it.
-                _save_checkpoint(acc, tokens_mm, ckpt)
-                print(f"interrupted: {acc.tokens_seen} tokens are saved in {ckpt}; "
-                      "run the same command again to resume", file=sys.stderr, flush=True)
-                raise KeyboardInterrupt
-            if time.monotonic() - last_ckpt > cfg.checkpoint_every_s:
-                _save_checkpoint(acc, tokens_mm, ckpt)
-                last_ckpt = time.monotonic()
+                bar.close()
     finally:
         stop.restore()
-        if bar is not None:
-            bar.close()
     if acc.windows_seen == 0:
         raise InputError(f"corpus {cfg.corpus.source!r} is empty: it gave no window of {cfg.ctx_len} tokens")
     _save_checkpoint(acc, tokens_mm, ckpt)

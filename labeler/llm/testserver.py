@@ -405,15 +405,19 @@ class TestLLMServer:
             with self._lock:
                 self._inflight -= 1
 
-    async def _chat_inner(self, request: Request) -> Response:
-        req, err = await self._prepare(request, "chat")
+    async def _request_and_reply(self, request: Request, kind: str) -> tuple[dict, Any, Response | None]:
+        """Parse and check the request, then draw a failure or produce the reply."""
+        req, err = await self._prepare(request, kind)
         if err is not None:
-            return err
+            return {}, None, err
         assert req is not None
         reply, err = await self._failure_or_reply(req)
+        return req, reply, err
+
+    async def _chat_inner(self, request: Request) -> Response:
+        req, reply, err = await self._request_and_reply(request, "chat")
         if err is not None:
             return err
-        assert reply is not None
         lp_block = None
         if req.get("logprobs"):
             lps = self._logprobs_for(req, reply, int(req.get("top_logprobs") or 0))
@@ -435,14 +439,9 @@ class TestLLMServer:
         })
 
     async def _completions_inner(self, request: Request) -> Response:
-        req, err = await self._prepare(request, "completions")
+        req, reply, err = await self._request_and_reply(request, "completions")
         if err is not None:
             return err
-        assert req is not None
-        reply, err = await self._failure_or_reply(req)
-        if err is not None:
-            return err
-        assert reply is not None
         lp_block = None
         if req.get("logprobs") is not None and req.get("logprobs") is not False:
             n_top = int(req["logprobs"]) if not isinstance(req["logprobs"], bool) else 1

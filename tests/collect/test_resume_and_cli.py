@@ -25,6 +25,13 @@ def store_contents(path: Path) -> dict[str, np.ndarray]:
     return out
 
 
+def assert_same_store(a_path: Path, b_path: Path) -> None:
+    a, b = store_contents(a_path), store_contents(b_path)
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
 def collect_args(model: Path, sae: Path, corpus: Path, out: Path, *extra: str) -> list[str]:
     return ["collect", "--model", str(model), "--hook", HOOKS["gpt2"], "--sae", str(sae), "--corpus", str(corpus),
             "--out", str(out), "--tokens", "6400", "--ctx-len", "16", "--batch-size", "2", "--no-progress", *extra]
@@ -57,10 +64,7 @@ def test_resume_after_kill_equals_uninterrupted_run(inputs, gpt2_topk_sae, tmp_p
     fresh = tmp_path / "fresh"
     code, text = run_cli(collect_args(inputs / "gpt2", gpt2_topk_sae, corpus, fresh), capsys)
     assert code == 0, text
-    a, b = store_contents(killed), store_contents(fresh)
-    assert a.keys() == b.keys()
-    for k in a:
-        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    assert_same_store(killed, fresh)
 
     # a finished store is not recomputed...
     before = (fresh / "stats.safetensors").stat().st_mtime_ns
@@ -166,14 +170,14 @@ def test_ctrl_c_saves_a_checkpoint_and_the_same_command_resumes(inputs, gpt2_top
     corpus = write_tiny_corpus(tmp_path / "big.jsonl", n_docs=300)
     out = tmp_path / "interrupted"
     # No periodic checkpoints: whatever is saved was saved because of the Ctrl-C.
-    args = collect_args(inputs / "gpt2", gpt2_topk_sae, corpus, out, "--checkpoint-every", "3600")
+    # One window per batch: many batches, so the signal surely lands mid-stream.
+    args = collect_args(inputs / "gpt2", gpt2_topk_sae, corpus, out, "--checkpoint-every", "3600", "--batch-size", "1")
     proc = subprocess.Popen([sys.executable, "-m", "labeler", *args], env={**os.environ, "PYTHONUNBUFFERED": "1"},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
     while not (out / "tokens.partial.npy").exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    time.sleep(0.3)
-    proc.send_signal(signal.SIGINT)
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGINT)  # the handler is installed before that file is created
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err.decode()[-2000:]
     assert "resume" in err.decode()
@@ -183,9 +187,6 @@ def test_ctrl_c_saves_a_checkpoint_and_the_same_command_resumes(inputs, gpt2_top
     assert code == 0, text
     assert "resuming" in text
     fresh = tmp_path / "fresh"
-    code, text = run_cli(collect_args(inputs / "gpt2", gpt2_topk_sae, corpus, fresh), capsys)
+    code, text = run_cli(collect_args(inputs / "gpt2", gpt2_topk_sae, corpus, fresh, "--batch-size", "1"), capsys)
     assert code == 0, text
-    a, b = store_contents(out), store_contents(fresh)
-    assert a.keys() == b.keys()
-    for k in a:
-        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    assert_same_store(out, fresh)
