@@ -57,12 +57,11 @@ def load(url: str, rows: int) -> dict:
     """Schema by migration, then COPY features, explanations and one score each."""
     from labeler.db import Repository
 
-    repo = Repository(url)
-    repo.upgrade()
-    sae_id = repo.ensure_sae("bench/model", "bench-sae", n_features=rows)
+    repo = Repository.open(url)
+    sae_id = repo.catalog.ensure_sae("bench/model", "bench-sae", n_features=rows)
     rng = random.Random(0)
     t0 = time.perf_counter()
-    raw = repo.engine.raw_connection()
+    raw = repo.db.engine.raw_connection()
     try:
         cur = raw.driver_connection.cursor()
         with cur.copy('COPY explanation (id, sae_id, feature_index, key, text, explainer, llm_model, prompt_name, '

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from labeler.explanation import EXPLAINERS, get_explainer
 from labeler.llm import LLMClient, SpendTracker
-from labeler.llm.testserver import TestLLMServer
+from labeler.testing.llm_server import TestLLMServer
 from labeler.testing import make_feature_record
 
 
@@ -33,7 +33,7 @@ async def throughput(base_url: str, n_features: int, concurrency: int, latency: 
     await explainer.explain(make_feature_record(n_features + 1))  # warm up the connection pool
     llm.usage.calls = 0
     t0, cpu0 = time.perf_counter(), time.process_time()
-    # Bound the features in flight as labeler.pipeline does (2x the LLM slots): starting all of
+    # Bound the features in flight as labeler.runs.stages does (2x the LLM slots): starting all of
     # them at once would render every prompt before the first request leaves.
     gate = asyncio.Semaphore(2 * concurrency)
 
@@ -55,7 +55,7 @@ async def throughput(base_url: str, n_features: int, concurrency: int, latency: 
 
 
 async def tokens_per_feature(server: TestLLMServer, n: int) -> dict:
-    from labeler.scoring.oracle import install_scoring_rules
+    from labeler.testing.oracle import install_scoring_rules
 
     install_scoring_rules(server)  # best_of_n's simulation calls get sensible answers
     out = {}

@@ -78,11 +78,9 @@ class ScratchDatabases:
             c.execute(self.sa.text(f'CREATE DATABASE "{name}"'))
         self.names.append(name)
         url = ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-        from labeler.db.repository import Repository
+        from labeler.db import Repository
 
-        repo = Repository(url)
-        repo.upgrade()
-        repo.close()
+        Repository.open(url).close()
         return url
 
     def drop_all(self) -> None:
@@ -111,9 +109,10 @@ def start_workers(n: int, env: dict[str, str], logdir: Path, concurrency: int = 
              "--loglevel", "WARNING", "--hostname", f"bench{n}-{i}@%h"],
             env=env, cwd=ROOT, stdout=open(log, "wb"), stderr=subprocess.STDOUT))
     # ready when the worker has connected: celery prints "ready." at INFO, so ask the broker instead
-    from workers.app import make_app
+    from labeler.core.config import get_settings
+    from labeler.runs.queue import CelerySender
 
-    app = make_app()
+    app = CelerySender(get_settings()).app
     deadline = time.monotonic() + 120
     while True:
         replies = app.control.ping(timeout=0.5) or []
@@ -133,17 +132,26 @@ def stop_workers(procs: list[subprocess.Popen]) -> None:
             p.kill()
 
 
-def timed_job(store: Path, features: list[int], spec, *, queued: bool) -> tuple[float, dict]:
-    from labeler import jobs
+def timed_job(store: Path, features: list[int], label, *, queued: bool) -> tuple[float, dict]:
+    """Make, run and wait for one job on the current settings; (seconds, the job's state)."""
+    from labeler.core.config import get_settings
+    from labeler.db import Repository
+    from labeler.runs.queue import CelerySender
+    from labeler.runs.runner import Runner
+    from labeler.runs.spec import make_job_spec
 
+    settings = get_settings()
+    repo = Repository.open(settings.resolved_database_url)
+    runner = Runner(repo, settings, send=CelerySender(settings) if queued else None)
+    spec = make_job_spec(store, label, settings)
     t0 = time.perf_counter()
     if queued:
-        job_id = jobs.submit_job(store, features, spec)
-        info = jobs.wait_for_job(job_id, timeout_s=3600, poll_s=0.05)
+        info = runner.wait(runner.submit(spec, features), timeout_s=3600, poll_s=0.05)
     else:
-        job_id = jobs.run_job_inprocess(store, features, spec)
-        info = jobs.job_progress(job_id)
-    return time.perf_counter() - t0, info
+        info = runner.run(runner.create_job(spec, features))
+    seconds = time.perf_counter() - t0
+    repo.close()
+    return seconds, info.model_dump()
 
 
 def main() -> None:
@@ -160,9 +168,9 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="bench-queue-"))
     os.environ.pop("OPENAI_API_KEY", None)
-    from labeler.llm.testserver import TestLLMServer
-    from labeler.pipeline import LabelSpec
-    from labeler.scoring import oracle
+    from labeler.testing.llm_server import TestLLMServer
+    from labeler.runs.spec import LabelSpec
+    from labeler.testing import oracle
     from labeler.testing.tiny import make_tiny_store
 
     store = Path(make_tiny_store(work / "store", n_features=max(args.features, args.overhead_features)))

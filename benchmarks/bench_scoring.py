@@ -60,8 +60,8 @@ async def measure(server, records, name: str, **options) -> dict:
 
 async def run(n_features: int, ctx_lens: list[int]) -> dict:
     from labeler.llm import reset_process_state
-    from labeler.llm.testserver import TestLLMServer
-    from labeler.scoring.oracle import install_scoring_rules
+    from labeler.testing.llm_server import TestLLMServer
+    from labeler.testing.oracle import install_scoring_rules
     from labeler.testing import make_feature_record
 
     report: dict = {"delphi_published": DELPHI, "simulation_target_prompt_tokens": SIMULATION_TARGET,

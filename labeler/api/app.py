@@ -1,34 +1,39 @@
-"""The FastAPI application: ``create_app()`` (``labeler serve`` runs it under uvicorn)."""
+"""The FastAPI application.  ``create_app(settings, repo)`` binds one app to one database:
+every route reads and writes ``app.state.repo``, and jobs go through ``app.state.runner``
+(same repository), so what the API creates is what it returns.  ``labeler serve`` runs it
+under uvicorn."""
 
 from __future__ import annotations
-
-from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 import labeler
+from labeler.core.config import Settings, get_settings
 from labeler.core.errors import LabelerError
+from labeler.db import Repository
 from labeler.db.embeddings import EmbeddingUnavailable
-from labeler.db.repository import Repository
+from labeler.runs.queue import sender_for
+from labeler.runs.runner import Runner
 
 
-def create_app(repo: Repository | None = None, settings: Any = None, database_url: str | None = None) -> FastAPI:
-    """An app bound to one repository (default: the configured database)."""
-    from labeler.core.config import get_settings
+def create_app(settings: Settings, repo: Repository | None = None) -> FastAPI:
+    """An app bound to ``repo`` (default: the database ``settings`` name)."""
+    from labeler.api.deps import LazyEmbedder
+    from labeler.api.routes import features, jobs, meta, pages, search
 
-    settings = settings or get_settings()
-    repo = repo or Repository(database_url or settings.resolved_database_url)
+    repo = repo or Repository.open(settings.resolved_database_url)
     app = FastAPI(
         title="labeler",
         version=labeler.__version__,
         description="Automated labels for sparse-autoencoder features: statistics, explanations, "
                     "scores, search, export and labeling jobs.  Writes need the X-API-Key header.",
     )
-    app.state.repo = repo
     app.state.settings = settings
-    app.state.database_url = repo.url
+    app.state.repo = repo
+    app.state.runner = Runner(repo, settings, send=sender_for(settings))
+    app.state.embedder = LazyEmbedder()
 
     @app.exception_handler(EmbeddingUnavailable)
     async def _no_embedder(_req: Request, exc: EmbeddingUnavailable) -> JSONResponse:
@@ -49,17 +54,11 @@ def create_app(repo: Repository | None = None, settings: Any = None, database_ur
             "message": f"{where}: {first.get('msg', 'invalid request')}",
         })
 
-    from labeler.api.routes import features, jobs, meta, search
-
-    app.include_router(meta.router)
-    app.include_router(features.router)
-    app.include_router(search.router)
-    app.include_router(jobs.router)
-    try:
-        from labeler.api.routes import pages
-    except ImportError:
-        pages = None
-    if pages is not None:
-        app.include_router(pages.router)
-
+    for module in (meta, features, search, jobs, pages):
+        app.include_router(module.router)
     return app
+
+
+def app_from_environment() -> FastAPI:
+    """The uvicorn factory for ``labeler serve --workers N``: settings from the environment."""
+    return create_app(get_settings())

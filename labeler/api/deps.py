@@ -1,15 +1,20 @@
-"""Request dependencies: the repository, API-key checks and pagination."""
+"""Request dependencies (``Annotated`` aliases): the app's repository, runner, settings and
+embedder, API-key checks and pagination.  Everything lives in ``app.state``, set by create_app."""
 
 from __future__ import annotations
 
 import secrets
+import threading
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Query, Request, Security
 from fastapi.security import APIKeyHeader
 
-from labeler.db.repository import Repository
+from labeler.core.config import Settings
+from labeler.db import Repository
+from labeler.examples.store import StoreCache
+from labeler.runs.runner import Runner
 
 API_KEY_HEADER = APIKeyHeader(name="X-API-Key", auto_error=False,
                               description="Needed for writes (settings.api_write_key) and, when "
@@ -18,35 +23,68 @@ MAX_LIMIT = 1000
 MAX_OFFSET = 10_000_000
 
 
-def get_repo(request: Request) -> Repository:
+def _repo(request: Request) -> Repository:
     return request.app.state.repo
 
 
-def _settings(request: Request) -> Any:
+def _runner(request: Request) -> Runner:
+    return request.app.state.runner
+
+
+def _settings(request: Request) -> Settings:
     return request.app.state.settings
+
+
+def _stores(request: Request) -> StoreCache:
+    return request.app.state.runner.stores
+
+
+class LazyEmbedder:
+    """The sentence-embedding model, loaded on the first semantic search (it takes seconds)."""
+
+    def __init__(self) -> None:
+        self._embedder: Any = None
+        self._lock = threading.Lock()
+
+    def get(self) -> Any:
+        from labeler.db.embeddings import load_embedder
+
+        with self._lock:
+            if self._embedder is None:
+                self._embedder = load_embedder()
+            return self._embedder
+
+
+def _embedder(request: Request) -> Any:
+    return request.app.state.embedder.get()
+
+
+RepoDep = Annotated[Repository, Depends(_repo)]
+RunnerDep = Annotated[Runner, Depends(_runner)]
+SettingsDep = Annotated[Settings, Depends(_settings)]
+StoresDep = Annotated[StoreCache, Depends(_stores)]
+EmbedderDep = Annotated[Any, Depends(_embedder)]
 
 
 def _matches(given: str | None, expected: str | None) -> bool:
     return bool(given) and bool(expected) and secrets.compare_digest(given.encode(), expected.encode())
 
 
-def require_read(request: Request, key: str | None = Security(API_KEY_HEADER)) -> None:
-    s = _settings(request)
-    if s.api_read_key and not (_matches(key, s.api_read_key) or _matches(key, s.api_write_key)):
+def require_read(settings: SettingsDep, key: str | None = Security(API_KEY_HEADER)) -> None:
+    if settings.api_read_key and not (_matches(key, settings.api_read_key) or _matches(key, settings.api_write_key)):
         raise HTTPException(status_code=401, detail="reading needs a valid X-API-Key header")
 
 
-def require_write(request: Request, key: str | None = Security(API_KEY_HEADER)) -> None:
-    s = _settings(request)
-    if not s.api_write_key:
+def require_write(settings: SettingsDep, key: str | None = Security(API_KEY_HEADER)) -> None:
+    if not settings.api_write_key:
         raise HTTPException(status_code=403, detail="write endpoints are disabled: set LABELER_API_WRITE_KEY "
                                                     "on the server and send it as X-API-Key")
-    if not _matches(key, s.api_write_key):
+    if not _matches(key, settings.api_write_key):
         raise HTTPException(status_code=401, detail="writing needs a valid X-API-Key header")
 
 
 @dataclass
-class Page:
+class Pagination:
     limit: int
     offset: int
 
@@ -56,9 +94,9 @@ class Page:
                 "next_offset": self.offset + len(items) if len(items) == self.limit else None}
 
 
-def pagination(limit: int = Query(100, ge=1, le=MAX_LIMIT, description="page size"),
-               offset: int = Query(0, ge=0, le=MAX_OFFSET, description="items to skip")) -> Page:
-    return Page(limit, offset)
+def _pagination(limit: int = Query(100, ge=1, le=MAX_LIMIT, description="page size"),
+                offset: int = Query(0, ge=0, le=MAX_OFFSET, description="items to skip")) -> Pagination:
+    return Pagination(limit, offset)
 
 
-PageDep = Depends(pagination)
+PageDep = Annotated[Pagination, Depends(_pagination)]

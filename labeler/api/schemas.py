@@ -1,12 +1,16 @@
-"""Request and response bodies (they shape the OpenAPI document)."""
+"""Request and response bodies.  Responses are the database's view models (``labeler.db.views``),
+extended where the API adds something (contexts from the store, pagination)."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
+
+from labeler.db.views import FeatureSummary, FeatureView, JobView, ModelView, SaeView, SearchHit
 
 MAX_BATCH = 1000
+T = TypeVar("T")
 
 
 class Health(BaseModel):
@@ -22,51 +26,46 @@ class VersionInfo(BaseModel):
     schema_revision: str | None = None
 
 
-class Label(BaseModel):
-    explanation_id: int
-    text: str | None
-    method: str | None = Field(None, description="scoring method that decided the label (null: no scores yet)")
-    score: float | None
+class Context(BaseModel):
+    """One top-activating context from the collect store."""
+
+    window: int
+    split: str
+    tokens: list[str]
+    activations: list[float]
+    max_activation: float
 
 
-class FeatureSummary(BaseModel):
-    index: int
-    stats: dict[str, Any]
-    label: Label | None
-
-
-class ScoreOut(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    id: int
-    method: str
-    value: float | None
-    control: bool
-    failed: bool
-
-
-class ExplanationOut(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    id: int
-    text: str
-    explainer: str
-    llm_model: str | None
-    failed: bool
-    scores: list[ScoreOut]
-
-
-class FeatureOut(FeatureSummary):
-    model: str
-    sae: str
-    explanations: list[ExplanationOut]
-    contexts: list[dict[str, Any]] | None = Field(None, description="top-activating contexts from the store")
+class FeatureOut(FeatureView):
+    contexts: list[Context] | None = Field(None, description="top-activating contexts from the store")
     contexts_error: str | None = None
 
 
-class FeaturePage(BaseModel):
-    items: list[FeatureSummary]
+class Page(BaseModel, Generic[T]):
+    items: list[T]
     limit: int
     offset: int
-    next_offset: int | None
+    next_offset: int | None = Field(description="offset of the next page; null on the last page")
+
+
+class FeaturePage(Page[FeatureSummary]):
+    pass
+
+
+class ModelPage(Page[ModelView]):
+    pass
+
+
+class SaePage(Page[SaeView]):
+    pass
+
+
+class SearchPage(Page[SearchHit]):
+    mode: str
+
+
+class JobPage(Page[JobView]):
+    pass
 
 
 class BatchRequest(BaseModel):
@@ -78,81 +77,9 @@ class BatchOut(BaseModel):
     missing: list[int]
 
 
-class ModelOut(BaseModel):
-    model: str
-    name: str
-    path_or_id: str | None
-    n_saes: int
-
-
-class ModelPage(BaseModel):
-    items: list[ModelOut]
-    limit: int
-    offset: int
-    next_offset: int | None
-
-
-class SaeOut(BaseModel):
-    id: int
-    model: str
-    model_name: str
-    sae: str
-    name: str
-    hook: str | None
-    format: str | None
-    n_features: int
-    store_path: str | None
-    created_at: str | None
-
-
-class SaePage(BaseModel):
-    items: list[SaeOut]
-    limit: int
-    offset: int
-    next_offset: int | None
-
-
-class SearchHit(BaseModel):
-    explanation_id: int
-    model: str
-    sae: str
-    index: int
-    text: str
-    explainer: str
-    llm_model: str | None
-    is_label: bool
-    score: float | None = Field(None, description="text: rank (higher is better); semantic: cosine similarity")
-
-
-class SearchPage(BaseModel):
-    items: list[SearchHit]
-    limit: int
-    offset: int
-    next_offset: int | None
-    mode: str
-
-
 class JobRequest(BaseModel):
     model: str | None = Field(None, description="model slug (with sae): use the SAE's registered store")
     sae: str | None = None
     store_path: str | None = Field(None, description="collect store to label (overrides model/sae)")
     features: str | list[int] = Field(..., description='indices, or a range like "0:100" / "1,5,9" / "all"')
-    spec: dict[str, Any] = Field(default_factory=dict, description="labeler.pipeline.LabelSpec fields")
-
-
-class JobOut(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    id: int
-    status: str
-    n_features: int
-    counts: dict[str, int]
-    tokens: dict[str, int]
-    cost_usd: float
-    errors: list[dict[str, Any]]
-
-
-class JobPage(BaseModel):
-    items: list[JobOut]
-    limit: int
-    offset: int
-    next_offset: int | None
+    spec: dict[str, Any] = Field(default_factory=dict, description="labeler.runs.spec.LabelSpec fields")

@@ -7,6 +7,7 @@ from typing import Optional
 import typer
 
 from labeler.cli._app import app
+from labeler.core.config import get_settings
 
 db_app = typer.Typer(help="Database schema and maintenance.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
@@ -20,26 +21,26 @@ def db_upgrade(
     revision: str = typer.Option("head", help="Target revision."),
 ) -> None:
     """Apply migrations (creates the database on first use)."""
-    from labeler.db import Repository
+    from labeler.db.database import Database
 
-    repo = Repository(url)
-    repo.upgrade(revision)
-    print(f"database at revision {repo.current_revision()} ({repo!r})")
-    repo.close()
+    db = Database(url or get_settings().resolved_database_url)
+    db.upgrade(revision)
+    print(f"database at revision {db.current_revision()} ({db!r})")
+    db.close()
 
 
 @db_app.command("current")
 def db_current(url: Optional[str] = typer.Option(None, "--url", help=URL_HELP)) -> None:
     """Show the applied migration revision and the newest available one."""
-    from labeler.db import Repository
+    from labeler.db.database import Database
     from labeler.db.engine import head_revision
 
-    repo = Repository(url)
-    current = repo.current_revision()
+    db = Database(url or get_settings().resolved_database_url)
+    current = db.current_revision()
     head = head_revision()
     state = "up to date" if current == head else "needs `labeler db upgrade`"
     print(f"current: {current or 'none (empty database)'}  head: {head}  ({state})")
-    repo.close()
+    db.close()
 
 
 @db_app.command("embed")
@@ -49,9 +50,10 @@ def db_embed(
 ) -> None:
     """Precompute explanation embeddings for semantic search (otherwise done lazily)."""
     from labeler.db import Repository
+    from labeler.db.embeddings import load_embedder
 
-    repo = Repository(url)
-    print(f"embedded {repo.embed_missing(max_rows=max_rows)} explanations")
+    repo = Repository.open(url or get_settings().resolved_database_url)
+    print(f"embedded {repo.search.embed_missing(load_embedder(), max_rows=max_rows)} explanations")
     repo.close()
 
 
@@ -67,16 +69,18 @@ def serve(
 
     import uvicorn
 
-    from labeler.core.config import get_settings
+    from labeler.core.config import reset_settings
 
-    settings = get_settings()
     if url:
-        os.environ["LABELER_DATABASE_URL"] = url  # also seen by worker processes
+        # --url names the database for everything this server does, its worker processes too
+        os.environ["LABELER_DATABASE_URL"] = url
+        reset_settings()
+    settings = get_settings()
     host = host or settings.api_host
     port = port or settings.api_port
     if workers > 1:
-        uvicorn.run("labeler.api.app:create_app", factory=True, host=host, port=port, workers=workers)
+        uvicorn.run("labeler.api.app:app_from_environment", factory=True, host=host, port=port, workers=workers)
     else:
         from labeler.api.app import create_app
 
-        uvicorn.run(create_app(database_url=url), host=host, port=port)
+        uvicorn.run(create_app(settings), host=host, port=port)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from pathlib import Path
 from typing import Any, Optional
@@ -10,7 +9,13 @@ from typing import Any, Optional
 import typer
 
 from labeler.cli._app import app
+from labeler.core.config import Settings, get_settings
 from labeler.core.errors import ConfigError
+from labeler.db import Repository
+from labeler.db.views import JobView
+from labeler.runs.runner import Runner
+from labeler.runs.spec import DEFAULT_SCORERS, LabelSpec, default_explainer, make_job_spec
+from labeler.runs.stages import ChunkResult
 
 
 def _parse_options(items: list[str] | None, what: str) -> dict[str, Any]:
@@ -38,13 +43,11 @@ def _scorer_options(items: list[str] | None) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _spec(explainer: str | None, llm: str | None, scorers: str | None, explainer_option: list[str] | None,
-          scorer_option: list[str] | None, simulator_model: str | None, scorer_model: str | None,
-          control: bool, seed: int) -> Any:
-    from labeler.pipeline import DEFAULT_SCORERS, LabelSpec, default_explainer
-
+def _label_spec(explainer: str | None, llm: str | None, scorers: str | None, explainer_option: list[str] | None,
+                scorer_option: list[str] | None, simulator_model: str | None, scorer_model: str | None,
+                control: bool, seed: int, settings: Settings) -> LabelSpec:
     return LabelSpec(
-        explainer=explainer or default_explainer(),
+        explainer=explainer or default_explainer(settings),
         explainer_options=_parse_options(explainer_option, "explainer"),
         scorers=[s for s in (scorers.split(",") if scorers else DEFAULT_SCORERS)],
         scorer_options=_scorer_options(scorer_option),
@@ -53,12 +56,18 @@ def _spec(explainer: str | None, llm: str | None, scorers: str | None, explainer
     )
 
 
-def _features(store_path: Path, spec: str) -> tuple[Any, list[int]]:
-    from labeler.core.naming import parse_feature_range
-    from labeler.jobs import open_store
+def _runner(settings: Settings, *, queued: bool = False) -> Runner:
+    """This command's repository and runner (with the queue's sender when it queues)."""
+    from labeler.runs.queue import CelerySender
 
-    store = open_store(store_path)
-    return store, parse_feature_range(spec, store.n_features)
+    repo = Repository.open(settings.resolved_database_url)
+    return Runner(repo, settings, send=CelerySender(settings) if queued else None)
+
+
+def _features(runner: Runner, store_path: Path, spec: str) -> list[int]:
+    from labeler.core.naming import parse_feature_range
+
+    return parse_feature_range(spec, runner.stores.get(store_path).n_features)
 
 
 def _fmt_usage(u: Any) -> str:
@@ -80,19 +89,57 @@ ControlOpt = typer.Option(False, "--control/--no-control", help="also score anot
 SeedOpt = typer.Option(0, "--seed")
 
 
+def _run_stage(verb: str, store: Path, features: str, label: LabelSpec, stages: tuple[str, ...],
+               settings: Settings, as_json: bool) -> None:
+    """``labeler explain`` / ``labeler score``: a job of one stage, run here."""
+    runner = _runner(settings)
+    spec = make_job_spec(store, label, settings, stages=stages)
+    job_id = runner.create_job(spec, _features(runner, store, features))
+    total = ChunkResult()
+    for r in _run_with_progress(runner, job_id):
+        total.usage.add(r.usage)
+        total.budget_exceeded |= r.budget_exceeded
+        total.message = total.message or r.message
+    job = runner.progress(job_id)
+    if as_json:
+        print(json.dumps({"job": job.model_dump(), "usage": total.usage.to_dict()}, indent=2, default=str))
+    else:
+        print(f"{verb} {job.counts['done']} feature(s); {job.counts['failed']} failed; "
+              f"{job.counts['pending']} not started; {_fmt_usage(total.usage)} "
+              f"(job {job_id}; {job.counts['reused']} reused from an earlier job)")
+        for e in job.errors:
+            print(f"  feature {e.feature}: {e.error}")
+        if total.message:
+            print(total.message)
+    if total.budget_exceeded:
+        raise typer.Exit(3)
+
+
+def _run_with_progress(runner: Runner, job_id: int) -> list[ChunkResult]:
+    from rich.console import Console
+    from rich.progress import Progress
+
+    results: list[ChunkResult] = []
+    info = runner.progress(job_id)
+    with Progress(transient=True, console=Console(stderr=True)) as bar:
+        task = bar.add_task(f"job {job_id}", total=info.n_features, completed=info.counts["reused"])
+
+        def on_chunk(r: ChunkResult) -> None:
+            results.append(r)
+            bar.advance(task, len(r.done) + len(r.failed) + len(r.skipped))
+
+        runner.run(job_id, on_chunk=on_chunk)
+    return results
+
+
 @app.command()
 def explain(store: Path = StoreArg, features: str = FeaturesOpt, explainer: Optional[str] = ExplainerOpt,
             llm: Optional[str] = LlmOpt, explainer_option: Optional[list[str]] = ExplainerOptionOpt,
             seed: int = SeedOpt, as_json: bool = typer.Option(False, "--json")) -> None:
     """Explain features and save the explanations (with their cost) in the database."""
-    from labeler.jobs import get_repository
-    from labeler.pipeline import explain_features
-
-    spec = _spec(explainer, llm, "", explainer_option, None, None, None, False, seed)
-    st, idx = _features(store, features)
-    repo = get_repository()
-    res = asyncio.run(_then_close(explain_features(st, idx, spec, repo)))
-    _print_result("explained", spec, res, as_json)
+    settings = get_settings()
+    label = _label_spec(explainer, llm, None, explainer_option, None, None, None, False, seed, settings)
+    _run_stage("explained", store, features, label, ("explain",), settings, as_json)
 
 
 @app.command()
@@ -101,36 +148,10 @@ def score(store: Path = StoreArg, features: str = FeaturesOpt, scorers: Optional
           scorer_model: Optional[str] = ScorerModelOpt, control: bool = ControlOpt, seed: int = SeedOpt,
           as_json: bool = typer.Option(False, "--json")) -> None:
     """Score every stored explanation of the features."""
-    from labeler.jobs import get_repository
-    from labeler.pipeline import score_features
-
-    spec = _spec("baseline", None, scorers, None, scorer_option, simulator_model, scorer_model, control, seed)
-    st, idx = _features(store, features)
-    res = asyncio.run(_then_close(score_features(st, idx, spec, get_repository())))
-    _print_result("scored", spec, res, as_json)
-
-
-async def _then_close(coro: Any) -> Any:
-    from labeler.pipeline import close_shared_llms
-
-    try:
-        return await coro
-    finally:
-        await close_shared_llms()
-
-
-def _print_result(verb: str, spec: Any, res: Any, as_json: bool) -> None:
-    if as_json:
-        print(json.dumps({"spec": spec.to_dict(), **res.to_dict()}, indent=2))
-    else:
-        print(f"{verb} {len(res.done)} feature(s); {len(res.failed)} failed; "
-              f"{len(res.not_started)} not started; {_fmt_usage(res.usage)}")
-        for f, why in sorted(res.failed.items())[:20]:
-            print(f"  feature {f}: {why}")
-        if res.message:
-            print(res.message)
-    if res.budget_exceeded:
-        raise typer.Exit(3)
+    settings = get_settings()
+    label = _label_spec("baseline", None, scorers, None, scorer_option, simulator_model, scorer_model, control,
+                        seed, settings)
+    _run_stage("scored", store, features, label, ("score",), settings, as_json)
 
 
 @app.command()
@@ -143,30 +164,19 @@ def label(store: Path = StoreArg, features: str = FeaturesOpt, explainer: Option
           as_json: bool = typer.Option(False, "--json")) -> None:
     """Run a whole labeling job in this process (no Redis): explain, score, store."""
     from rich.console import Console
-    from rich.progress import Progress
 
-    from labeler import jobs
-
+    settings = get_settings()
+    runner = _runner(settings)
     if retry_failed is not None:
-        retried = jobs.retry_failed(retry_failed, inprocess=True)
+        retried = runner.retry_failed(retry_failed, queued=False)
         print(f"retried {len(retried)} failed feature(s) of job {retry_failed}")
-        _print_job(jobs.job_progress(retry_failed), as_json)
+        _print_job(runner.progress(retry_failed), as_json)
         return
-    spec = _spec(explainer, llm, scorers, explainer_option, scorer_option, simulator_model, scorer_model,
-                 control, seed)
-    _, idx = _features(store, features)
-    job_id = jobs.create_job(store, idx, spec)
-    stops: list[str] = []
-
-    def on_chunk(r: Any) -> None:
-        bar.advance(task, len(r.done) + len(r.failed) + len(r.skipped))
-        if r.budget_exceeded and r.message:
-            stops.append(r.message)
-
-    with Progress(transient=True, console=Console(stderr=True)) as bar:
-        task = bar.add_task(f"job {job_id}", total=len(idx))
-        jobs.run_job_inprocess(store, idx, spec, job_id=job_id, on_chunk=on_chunk)
-    _print_job(jobs.job_progress(job_id), as_json)
+    spec = make_job_spec(store, _label_spec(explainer, llm, scorers, explainer_option, scorer_option,
+                                            simulator_model, scorer_model, control, seed, settings), settings)
+    job_id = runner.create_job(spec, _features(runner, store, features))
+    stops = [r.message for r in _run_with_progress(runner, job_id) if r.budget_exceeded and r.message]
+    _print_job(runner.progress(job_id), as_json)
     if stops:
         Console(stderr=True).print(f"[yellow]{stops[0]}[/]: finished work is saved; raise "
                                    "LABELER_LLM_BUDGET_USD and run `labeler label` again to go on", highlight=False)
@@ -183,23 +193,23 @@ def submit(store: Optional[Path] = typer.Option(None, "--store", help="collect s
            wait: bool = typer.Option(False, "--wait", help="wait until the job finishes"),
            as_json: bool = typer.Option(False, "--json")) -> None:
     """Queue a labeling job for `labeler worker` processes (needs LABELER_REDIS_URL)."""
-    from labeler import jobs
-
+    settings = get_settings()
+    runner = _runner(settings, queued=True)
     if retry_failed is not None:
-        retried = jobs.retry_failed(retry_failed, inprocess=False)
+        retried = runner.retry_failed(retry_failed, queued=True)
         job_id = retry_failed
         print(f"re-queued {len(retried)} failed feature(s) of job {job_id}")
     else:
         if store is None:
             raise ConfigError("give --store <dir> (or --retry-failed <job>)")
-        spec = _spec(explainer, llm, scorers, explainer_option, scorer_option, simulator_model, scorer_model,
-                     control, seed)
-        _, idx = _features(store, features)
-        job_id = jobs.submit_job(store, idx, spec)
+        spec = make_job_spec(store, _label_spec(explainer, llm, scorers, explainer_option, scorer_option,
+                                                simulator_model, scorer_model, control, seed, settings), settings)
+        idx = _features(runner, store, features)
+        job_id = runner.submit(spec, idx)
         if not as_json:
             print(f"submitted job {job_id}: {len(idx)} feature(s); follow it with `labeler jobs {job_id}`")
     if wait:
-        _print_job(jobs.wait_for_job(job_id, timeout_s=7 * 24 * 3600), as_json)
+        _print_job(runner.wait(job_id, timeout_s=7 * 24 * 3600), as_json)
     elif as_json:
         print(json.dumps({"job_id": job_id}))
 
@@ -210,17 +220,19 @@ def worker(concurrency: int = typer.Option(4, "--concurrency", "-c", help="chunk
            loglevel: str = typer.Option("INFO", "--loglevel"),
            hostname: Optional[str] = typer.Option(None, "--hostname", "-n")) -> None:
     """Start a Celery worker for queued jobs (each chunk keeps many LLM calls in flight)."""
-    from labeler.core.config import get_settings
+    import os
+    import sys
 
-    if not get_settings().resolved_broker_url:
-        raise ConfigError("no Redis configured: set LABELER_REDIS_URL before starting a worker")
-    from workers.app import app as celery_app
+    from labeler.runs.queue import QUEUE, broker_url
 
-    argv = ["worker", f"--concurrency={concurrency}", f"--pool={pool}", f"--loglevel={loglevel}",
-            "--queues=labeler", "--without-gossip", "--without-mingle"]
+    broker_url(get_settings())  # a clear error before Celery starts when no Redis is configured
+    argv = [sys.executable, "-m", "celery", "-A", "workers.app", "worker", f"--concurrency={concurrency}",
+            f"--pool={pool}", f"--loglevel={loglevel}", f"--queues={QUEUE}", "--without-gossip",
+            "--without-mingle"]
     if hostname:
         argv.append(f"--hostname={hostname}")
-    celery_app.worker_main(argv=argv)
+    sys.stdout.flush()
+    os.execv(sys.executable, argv)  # this process becomes the worker (signals reach Celery directly)
 
 
 @app.command("jobs")
@@ -228,39 +240,33 @@ def jobs_cmd(job_id: Optional[int] = typer.Argument(None, help="job id (default:
              cancel: bool = typer.Option(False, "--cancel", help="cancel the job"),
              as_json: bool = typer.Option(False, "--json")) -> None:
     """Progress of a job (done, failed with reasons, pending, tokens, cost); cancel it."""
-    from labeler import jobs
-
+    runner = _runner(get_settings())
     if job_id is None:
         if cancel:
             raise ConfigError("--cancel needs a job id")
-        repo = jobs.get_repository()
-        lister = getattr(repo, "list_jobs", None)
-        if lister is None:
-            raise ConfigError("give a job id: labeler jobs <id>")
-        rows = lister()
+        rows = runner.repo.jobs.list()
         if as_json:
-            print(json.dumps(rows, indent=2, default=str))
+            print(json.dumps([r.model_dump() for r in rows], indent=2, default=str))
         else:
             for r in rows:
                 print(_job_line(r))
         return
-    info = jobs.cancel_job(job_id) if cancel else jobs.job_progress(job_id)
-    _print_job(info, as_json)
+    _print_job(runner.cancel(job_id) if cancel else runner.progress(job_id), as_json)
 
 
-def _job_line(info: dict[str, Any]) -> str:
-    c = info.get("counts") or {}
-    t = info.get("tokens") or {}
-    return (f"job {info.get('id')} [{info.get('model')}/{info.get('sae')}]: {info.get('status')}  "
-            f"done {c.get('done', 0)}  failed {c.get('failed', 0)}  pending {c.get('pending', 0)} / "
-            f"{info.get('n_features')}  LLM calls {t.get('calls', 0)}  tokens {t.get('prompt', 0)} prompt + "
-            f"{t.get('completion', 0)} completion  cost ${float(info.get('cost_usd') or 0):.4f}")
+def _job_line(info: JobView) -> str:
+    c, t = info.counts, info.tokens
+    name = f" {info.spec.get('name')}" if info.spec.get("name") else ""
+    return (f"job {info.id}{name} [{info.model}/{info.sae}]: {info.status}  "
+            f"done {c.get('done', 0)} (reused {c.get('reused', 0)})  failed {c.get('failed', 0)}  "
+            f"pending {c.get('pending', 0)} / {info.n_features}  LLM calls {t.get('calls', 0)}  tokens "
+            f"{t.get('prompt', 0)} prompt + {t.get('completion', 0)} completion  cost ${info.cost_usd:.4f}")
 
 
-def _print_job(info: dict[str, Any], as_json: bool) -> None:
+def _print_job(info: JobView, as_json: bool) -> None:
     if as_json:
-        print(json.dumps(info, indent=2, default=str))
+        print(json.dumps(info.model_dump(), indent=2, default=str))
         return
     print(_job_line(info))
-    for e in (info.get("errors") or [])[:20]:
-        print(f"  feature {e['feature']} failed (attempts {e.get('attempts')}): {e['error']}")
+    for e in info.errors[:20]:
+        print(f"  feature {e.feature} failed (attempts {e.attempts}): {e.error}")

@@ -28,8 +28,12 @@ def llm_test_server(
     api_key: Optional[str] = typer.Option(None, help="Require this bearer key (401 otherwise)."),
     seed: int = typer.Option(0, help="Seed for latency jitter and failure draws."),
 ) -> None:
-    """Run the OpenAI-compatible test server in the foreground (benchmarks, manual runs)."""
-    from labeler.llm.testserver import TestLLMServer
+    """Run the OpenAI-compatible test server in the foreground (benchmarks, manual runs).
+
+    It answers labeler's explanation prompts with its default rule and the scoring prompts
+    (simulation, detection, fuzzing, rubric) with the scoring oracle."""
+    from labeler.testing.llm_server import TestLLMServer
+    from labeler.testing.oracle import install_scoring_rules
 
     for name, p in (("fail-429", fail_429), ("fail-500", fail_500), ("hang", hang), ("malformed", malformed),
                     ("truncated", truncated)):
@@ -41,6 +45,7 @@ def llm_test_server(
                            fail_429=fail_429, fail_500=fail_500, hang=hang, malformed=malformed,
                            truncated=truncated, retry_after_s=retry_after, hang_s=hang_s,
                            logprobs_mode="ignore" if no_logprobs else "on", api_key=api_key)
+    install_scoring_rules(server)
     server.start()
     print(json.dumps({"base_url": server.base_url}), flush=True)
     try:

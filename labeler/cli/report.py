@@ -25,12 +25,16 @@ def report_cmd(
     """Write a self-contained HTML evaluation report (+ JSON and Markdown summaries) for one SAE."""
     from labeler.core.config import get_settings
     from labeler.core.naming import parse_feature_range
+    from labeler.db import Repository
     from labeler.report import build_report
 
-    url = database_url or get_settings().resolved_database_url
-    feats = parse_feature_range(features) if features else None
+    repo = Repository.open(database_url or get_settings().resolved_database_url)
+    info = repo.catalog.resolve_sae(sae)
+    feats = parse_feature_range(features, info.n_features) if features else None
     with console.status("building report..."):
-        paths = build_report(url, sae, out, title=title, store_path=str(store) if store else None, features=feats)
+        paths = build_report(repo, info.id, out, title=title, store_path=str(store) if store else None,
+                             features=feats)
+    repo.close()
     console.print(f"report: [bold]{paths.html}[/] (open it in a browser; no network needed)")
     console.print(f"summaries: {paths.json}, {paths.md}")
 
@@ -42,9 +46,10 @@ def eval_cmd(
     database_url: Optional[str] = typer.Option(None, "--db", help="Database URL (default: a SQLite file in the output folder)."),
 ) -> None:
     """Run several explainer/scorer/LLM configurations on one seeded feature sample and compare them."""
-    from labeler.report.evaluate import run_eval_file
+    from labeler.core.config import get_settings
+    from labeler.runs.evaluate import run_eval_file
 
-    result = run_eval_file(config, out=out, database_url=database_url, console=console)
+    result = run_eval_file(config, get_settings(), console, out=out, database_url=database_url)
     console.print(f"comparison report: [bold]{result.report.html}[/]")
 
 
@@ -58,7 +63,8 @@ def demo_cmd(
     port: Optional[int] = typer.Option(None, "--port", help="API port for --serve (default: settings.api_port)."),
 ) -> None:
     """Offline end-to-end demo: MiniLM + a tiny SAE + baseline labels + report (+ API with --serve)."""
-    from labeler.report.demo import DemoOptions, run_demo
+    from labeler.core.config import get_settings
+    from labeler.runs.demo import DemoOptions, run_demo
 
     run_demo(DemoOptions(out=out, n_features=features, tokens=tokens, sae_features=sae_features,
-                         serve=serve, port=port), console=console)
+                         serve=serve, port=port), get_settings(), console)

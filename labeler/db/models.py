@@ -148,11 +148,14 @@ class ExplanationEmbedding(SQLModel, table=True):
 
 class Job(SQLModel, table=True):
     __tablename__ = "job"
-    __table_args__ = (sa.Index("ix_job_status", "status"),)
+    __table_args__ = (sa.Index("ix_job_status", "status"), sa.Index("ix_job_sae_spec_hash", "sae_id", "spec_hash"))
     id: Optional[int] = Field(default=None, primary_key=True)
     sae_id: Optional[int] = Field(default=None, sa_column=sa.Column(sa.Integer, sa.ForeignKey("sae.id", ondelete="SET NULL")))
     status: str = Field(default="pending", sa_column=sa.Column(sa.String(20), nullable=False))
     spec: Optional[dict] = _json()
+    # What the job computes (labeler.runs.spec.JobSpec.reuse_hash): jobs with the same hash on
+    # the same SAE share finished features.
+    spec_hash: Optional[str] = Field(default=None, sa_column=sa.Column(sa.String(64)))
     n_features: int = Field(default=0, sa_column=sa.Column(sa.Integer, nullable=False))
     created_at: datetime = Field(default_factory=utcnow, sa_column=sa.Column(sa.DateTime, nullable=False))
     updated_at: datetime = Field(default_factory=utcnow, sa_column=sa.Column(sa.DateTime, nullable=False))
@@ -167,6 +170,7 @@ class JobFeature(SQLModel, table=True):
     feature_index: int = Field(sa_column=sa.Column(sa.Integer, primary_key=True))
     status: str = Field(default="pending", sa_column=sa.Column(sa.String(20), nullable=False))
     error: Optional[str] = Field(default=None, sa_column=sa.Column(sa.Text))
+    reused_from: Optional[int] = Field(default=None, sa_column=sa.Column(sa.Integer))  # job that computed it
     attempts: int = Field(default=0, sa_column=sa.Column(sa.Integer, nullable=False))
     calls: int = Field(default=0, sa_column=sa.Column(sa.Integer, nullable=False))
     prompt_tokens: int = Field(default=0, sa_column=sa.Column(sa.Integer, nullable=False))

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from labeler.activations.sae import Encoded
+from labeler.activations.formats import Encoded
 
 SPLITS = ("train", "valid", "test")
 _P = 2_147_483_647  # 2**31 - 1: products of two values below it fit in int64

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -237,3 +238,22 @@ class FeatureStore:
         values = [0.0] * len(ids) if acts is None else [round(float(a), 4) for a in acts]
         return ActivationExample(window=window, tokens=[vocab[t] for t in ids], activations=values,
                                  split=split, kind=kind, token_ids=ids)  # type: ignore[arg-type]
+
+
+class StoreCache:
+    """Open stores by resolved path, each opened once (the runner, the API and the pages keep
+    one of these: opening reads the manifest and statistics)."""
+
+    def __init__(self) -> None:
+        self._stores: dict[str, FeatureStore] = {}
+        self._lock = threading.Lock()
+
+    def get(self, path: str | Path) -> FeatureStore:
+        key = str(Path(path).expanduser().resolve())
+        with self._lock:
+            store = self._stores.get(key)
+        if store is None:
+            store = FeatureStore(key)
+            with self._lock:
+                store = self._stores.setdefault(key, store)
+        return store

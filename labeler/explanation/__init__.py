@@ -12,27 +12,14 @@ from __future__ import annotations
 from typing import Any
 
 from labeler.core.errors import ConfigError
-from labeler.explanation.base import Explainer, LLMExplainer
-from labeler.explanation.baseline import BaselineExplainer
-from labeler.explanation.best_of_n import BestOfNExplainer
-from labeler.explanation.explainers import (
-    ChainOfThoughtExplainer,
-    ContrastiveExplainer,
-    HighlightedExplainer,
-    LogitsExplainer,
-    TokenActivationExplainer,
-)
-
-EXPLAINERS: dict[str, type[Explainer]] = {
-    cls.name: cls
-    for cls in (TokenActivationExplainer, HighlightedExplainer, ChainOfThoughtExplainer, LogitsExplainer,
-                ContrastiveExplainer, BestOfNExplainer, BaselineExplainer)
-}
+# Importing the modules registers their explainers (``@register_explainer``).
+from labeler.explanation import explainers, best_of_n, baseline  # noqa: F401,I001
+from labeler.explanation.base import EXPLAINERS, Explainer, LLMExplainer
 
 
 def get_explainer(name: str, llm: Any = None, **options: Any) -> Explainer:
-    """An explainer by name.  LLM explainers without ``llm`` use ``get_llm("explainer")`` and
-    raise ConfigError when no endpoint is configured (use ``baseline`` to run offline)."""
+    """An explainer by name.  LLM explainers need ``llm`` (ConfigError without one: use
+    ``baseline`` to run offline)."""
     if name.startswith("best_of_n:"):
         options.setdefault("base", name.split(":", 1)[1])
         name = "best_of_n"
@@ -40,14 +27,10 @@ def get_explainer(name: str, llm: Any = None, **options: Any) -> Explainer:
     if cls is None:
         raise ConfigError(f"unknown explainer {name!r}; choose one of: {', '.join(EXPLAINERS)}")
     if cls.needs_llm and llm is None:
-        from labeler.llm import get_llm
-
-        llm = get_llm("explainer")
-        if llm is None:
-            raise ConfigError(
-                f"explainer {name!r} needs an LLM endpoint: set OPENAI_API_KEY / OPENAI_BASE_URL "
-                "(or LABELER_EXPLAINER_BASE_URL / LABELER_EXPLAINER_API_KEY), or use --explainer baseline"
-            )
+        raise ConfigError(
+            f"explainer {name!r} needs an LLM endpoint: set OPENAI_API_KEY / OPENAI_BASE_URL "
+            "(or LABELER_EXPLAINER_BASE_URL / LABELER_EXPLAINER_API_KEY), or use --explainer baseline"
+        )
     return cls(llm, **options)
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from labeler.core.errors import ConfigError, LLMError
 from labeler.core.prompts import PromptTemplate, load_prompt
@@ -16,6 +16,9 @@ class Explainer:
     name: ClassVar[str] = ""
     needs_llm: ClassVar[bool] = True
     defaults: ClassVar[dict[str, Any]] = {}
+    # Options that take an LLM client of another role, filled in by the runner when that role
+    # has an endpoint (e.g. best-of-N's simulator): option name -> role.
+    llm_options: ClassVar[dict[str, str]] = {}
 
     def __init__(self, llm: Any = None, **options: Any):
         defaults = self.option_defaults()
@@ -39,6 +42,19 @@ class Explainer:
     def config(self) -> dict[str, Any]:
         """The options that shape the answer (part of the database's idempotency key)."""
         return {k: v for k, v in sorted(self.options.items()) if isinstance(v, (str, int, float, bool, type(None), dict, list))}
+
+
+E = TypeVar("E", bound=type[Explainer])
+
+EXPLAINERS: dict[str, type[Explainer]] = {}
+"""Every explainer by name; a class joins with ``@register_explainer``."""
+
+
+def register_explainer(cls: E) -> E:
+    if not cls.name or cls.name in EXPLAINERS:
+        raise ValueError(f"explainer name {cls.name!r} is empty or taken")
+    EXPLAINERS[cls.name] = cls
+    return cls
 
 
 class LLMExplainer(Explainer):

@@ -14,7 +14,7 @@ import math
 from collections import Counter
 from typing import Any, ClassVar
 
-from labeler.explanation.base import Explainer
+from labeler.explanation.base import Explainer, register_explainer
 from labeler.records import Explanation, FeatureRecord, LLMUsage
 
 ALGORITHM_VERSION = "v1"
@@ -37,6 +37,7 @@ def _over_represented(hits: Counter[str], background: Counter[str], k: int, min_
     return ranked[:k]
 
 
+@register_explainer
 class BaselineExplainer(Explainer):
     name = "baseline"
     needs_llm = False

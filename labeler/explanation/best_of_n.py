@@ -8,12 +8,14 @@ import asyncio
 from typing import Any, ClassVar
 
 from labeler.core.errors import BudgetExceeded, ConfigError
-from labeler.explanation.base import Explainer
+from labeler.explanation.base import Explainer, register_explainer
 from labeler.records import Explanation, FeatureRecord, LLMUsage
 
 
+@register_explainer
 class BestOfNExplainer(Explainer):
     name = "best_of_n"
+    llm_options: ClassVar[dict[str, str]] = {"scorer_llm": "simulator"}
     defaults: ClassVar[dict[str, Any]] = {
         "base": "highlighted", "n": 4, "temperature": 0.7, "scorer": "simulation",
         "scorer_llm": None, "base_options": {},
@@ -39,15 +41,11 @@ class BestOfNExplainer(Explainer):
 
     def scorer(self) -> Any:
         if self._scorer is None:
-            try:
-                from labeler.scoring import get_scorer  # lazy: scoring builds on top of explanation
-            except ImportError as e:
-                raise ConfigError(f"best_of_n needs labeler.scoring.get_scorer to rank candidates: {e}") from None
-            scorer_llm = self.options["scorer_llm"]
-            if scorer_llm is None:  # the simulator role's endpoint when configured, else ours
-                from labeler.llm import get_llm
+            from labeler.scoring import get_scorer  # here, not at the top: scoring builds on explanation
 
-                scorer_llm = get_llm("simulator") or self.llm
+            scorer_llm = self.options["scorer_llm"]
+            if scorer_llm is None:  # no simulator endpoint given: rank with the explainer's own LLM
+                scorer_llm = self.llm
             elif scorer_llm == "offline":
                 scorer_llm = None  # the scorer's offline fallback (simulation: baseline simulator)
             self._scorer = get_scorer(self.options["scorer"], scorer_llm)

@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from labeler.explanation import formatting as fmt
-from labeler.explanation.base import LLMExplainer
+from labeler.explanation.base import LLMExplainer, register_explainer
 from labeler.records import ActivationExample, FeatureRecord
 
 
+@register_explainer
 class TokenActivationExplainer(LLMExplainer):
     """Plain excerpts, each followed by its active tokens as ``"token"=n`` pairs (n = 0-10)."""
 
@@ -24,6 +25,7 @@ class TokenActivationExplainer(LLMExplainer):
         return {"examples": out}
 
 
+@register_explainer
 class HighlightedExplainer(LLMExplainer):
     """Excerpts with active tokens marked inline: ``the <<bridge>>(8) over``."""
 
@@ -35,6 +37,7 @@ class HighlightedExplainer(LLMExplainer):
         return {"examples": self.highlighted(record, shown)}
 
 
+@register_explainer
 class ChainOfThoughtExplainer(HighlightedExplainer):
     """Highlighted excerpts; the model reasons, then writes ``EXPLANATION: ...``; reasoning is dropped."""
 
@@ -49,6 +52,7 @@ class ChainOfThoughtExplainer(HighlightedExplainer):
         return fmt.clean_explanation(final, int(self.options["max_chars"]))
 
 
+@register_explainer
 class LogitsExplainer(LLMExplainer):
     """Output side (tokens the decoder direction promotes / suppresses) plus a few top contexts."""
 
@@ -63,6 +67,7 @@ class LogitsExplainer(LLMExplainer):
                 "promoted": quote(record.promoted_tokens), "suppressed": quote(record.suppressed_tokens)}
 
 
+@register_explainer
 class ContrastiveExplainer(LLMExplainer):
     """Activating excerpts (marked) next to non-activating ones."""
 

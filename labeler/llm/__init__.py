@@ -1,6 +1,6 @@
 """LLM access: one client for every OpenAI-compatible endpoint, plus our own test server.
 
-See ``labeler.llm.client`` (``get_llm``, ``LLMClient``) and ``labeler.llm.testserver``.
+See ``labeler.llm.client`` (``get_llm``, ``LLMClient``) and ``labeler.testing.llm_server``.
 """
 
 from labeler.llm.client import PROCESS_SPEND, LLMClient, SpendTracker, get_llm, reset_process_state

@@ -1,33 +1,23 @@
-"""Evaluation reports (HTML + JSON + Markdown), the evaluation harness and the offline demo.
-
-``build_report(db, sae, out)`` reads an SAE's explanations and scores from the database and
-writes a self-contained HTML report with ``.json`` and ``.md`` siblings.
+"""Evaluation reports: one SAE's explanations and scores rendered as a self-contained HTML file
+with ``.json`` and ``.md`` siblings.  Rendering only: loading is ``repo.reads.results``.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
+from labeler.db import Repository
+from labeler.report.data import ReportData
 from labeler.report.render import ReportPaths, render_report
 
 
-def build_report(source: Any, sae: str | int, out: str | Path, *, title: str | None = None,
+def build_report(repo: Repository, sae_id: int, out: str | Path, *, title: str | None = None,
                  store_path: str | None = None, features: list[int] | None = None) -> ReportPaths:
-    """Report on one SAE. ``source``: a database URL, engine or Repository."""
-    import sqlalchemy as sa
-
-    from labeler.core.errors import InputError
-    from labeler.report.queries import load_report_data
-
-    try:
-        data = load_report_data(source, sae, title=title, features=features)
-    except (sa.exc.OperationalError, sa.exc.ProgrammingError) as e:
-        raise InputError(f"cannot read the labeler tables ({e.orig}); run `labeler db upgrade` and "
-                         "`labeler label` first") from None
+    """Report on one SAE of ``repo`` (optionally on some of its features)."""
+    data = ReportData.from_results(repo.reads.results(sae_id, features), title=title)
     if store_path:
         data.store_path = str(store_path)
     return render_report(data, out)
 
 
-__all__ = ["build_report", "render_report", "ReportPaths"]
+__all__ = ["build_report", "render_report", "ReportData", "ReportPaths"]

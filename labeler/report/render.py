@@ -58,11 +58,11 @@ class ReportPaths:
 def _open_store(path: str | None):
     if not path:
         return None
-    try:
-        from labeler.examples.store import FeatureStore
+    from labeler.examples.store import FeatureStore
 
+    try:
         return FeatureStore(path)
-    except (ImportError, InputError, OSError) as e:  # contexts are a bonus, never a failure
+    except (InputError, OSError) as e:  # contexts are a bonus, never a failure
         log.warning("no highlighted contexts: cannot open store %s (%s)", path, e)
         return None
 
@@ -71,7 +71,7 @@ def showcase(data: ReportData, analysis: Analysis, k: int = 5, n_contexts: int =
              ) -> tuple[list[FeatureShowcase], list[FeatureShowcase]]:
     best, worst = best_and_worst(data, analysis.primary_method, analysis.primary_label, k)
     store = _open_store(data.store_path)
-    text_of = {e.feature: e.text for e in data.explanations if e.label == analysis.primary_label and not e.failed}
+    text_of = {e.feature: e.text for e in data.explanations if e.configuration == analysis.primary_label and not e.failed}
 
     def make(feature: int, score: float) -> FeatureShowcase:
         f = data.features.get(feature)

@@ -11,7 +11,8 @@ from typing import Any
 import numpy as np
 from scipy import stats as sps
 
-from labeler.report.data import ReportData, ScoreRow
+from labeler.db.views import ScoreRow
+from labeler.report.data import ReportData
 
 # The scorer whose value ranks best/worst features when present (most informative first).
 PREFERRED_METHODS = ("simulation", "detection", "fuzzing", "embedding", "rubric")
@@ -127,7 +128,7 @@ def distributions(scores: list[ScoreRow]) -> list[Distribution]:
     groups: dict[tuple[str, str], list[ScoreRow]] = defaultdict(list)
     for s in scores:
         if not s.control:
-            groups[(s.method, s.label)].append(s)
+            groups[(s.method, s.configuration)].append(s)
     out = []
     for (method, label), rows in sorted(groups.items()):
         vals = [float(r.value) for r in rows if not r.failed and _finite(r.value)]
@@ -156,7 +157,7 @@ def per_feature_scores(scores: list[ScoreRow], method: str, label: str) -> dict[
     """One value per feature (mean when a configuration scored a feature more than once)."""
     acc: dict[int, list[float]] = defaultdict(list)
     for s in scores:
-        if s.method == method and s.label == label and not s.control and not s.failed and _finite(s.value):
+        if s.method == method and s.configuration == label and not s.control and not s.failed and _finite(s.value):
             acc[s.feature].append(float(s.value))  # type: ignore[arg-type]
     return {f: float(np.mean(v)) for f, v in acc.items()}
 
@@ -247,10 +248,10 @@ def feature_correlations(data: ReportData, methods: list[str], label: str | None
 
 
 def cost_summaries(data: ReportData) -> list[CostSummary]:
-    label_of = {e.id: e.label for e in data.explanations}
+    label_of = {e.id: e.configuration for e in data.explanations}
     out = []
     for label in data.labels:
-        exps = [e for e in data.explanations if e.label == label]
+        exps = [e for e in data.explanations if e.configuration == label]
         feats = {e.feature for e in exps}
         explain_cost = sum(e.cost_usd for e in exps)
         sc = [s for s in data.scores if label_of.get(s.explanation_id) == label]

@@ -20,14 +20,11 @@ from typing import Any
 
 from labeler.core.errors import ConfigError
 from labeler.scoring import metrics
-from labeler.scoring.base import Scorer, ScorerOptions
-from labeler.scoring.embedding import EmbeddingScorer
-from labeler.scoring.judges import DetectionScorer, FuzzingScorer, RubricScorer
+from labeler.scoring.base import SCORERS, Scorer, ScorerOptions
+# Importing the modules registers their scorers (``@register_scorer``), in this order.
 from labeler.scoring.simulation import SimulationScorer
-
-SCORERS: dict[str, type[Scorer]] = {
-    cls.name: cls for cls in (SimulationScorer, DetectionScorer, FuzzingScorer, EmbeddingScorer, RubricScorer)
-}
+from labeler.scoring.judges import DetectionScorer, FuzzingScorer, RubricScorer
+from labeler.scoring.embedding import EmbeddingScorer
 
 
 def get_scorer(name: str, llm: Any = None, **options: Any) -> Scorer:

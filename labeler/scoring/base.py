@@ -56,7 +56,8 @@ class Scorer(ABC):
     """
 
     name: ClassVar[str]
-    needs_llm: ClassVar[bool] = True
+    needs_llm: ClassVar[bool] = True  # refuses to run without an LLM client
+    uses_llm: ClassVar[bool] = True  # takes the role's client when one is configured
     llm_role: ClassVar[str] = "scorer"  # which LLM role a caller should pass (see get_llm)
     Options: ClassVar[type[ScorerOptions]] = ScorerOptions
 
@@ -184,6 +185,19 @@ class Scorer(ABC):
             f"malformed LLM answer after {self.options.max_parse_retries + 1} attempt(s): {last_error}",
             {"malformed_attempts": attempts_log or []},
         )
+
+
+S = TypeVar("S", bound=type[Scorer])
+
+SCORERS: dict[str, type[Scorer]] = {}
+"""Every scorer by name; a class joins with ``@register_scorer``."""
+
+
+def register_scorer(cls: S) -> S:
+    if not getattr(cls, "name", "") or cls.name in SCORERS:
+        raise ValueError(f"scorer name {getattr(cls, 'name', '')!r} is empty or taken")
+    SCORERS[cls.name] = cls
+    return cls
 
 
 _TYPES: dict[str, tuple[type, ...]] = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,),

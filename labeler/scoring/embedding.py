@@ -20,7 +20,7 @@ import numpy as np
 from labeler.core.errors import ConfigError
 from labeler.records import FeatureRecord, ScoreResult
 from labeler.scoring import metrics
-from labeler.scoring.base import Scorer, ScorerOptions, ScoringFailed, context_text, held_out
+from labeler.scoring.base import Scorer, ScorerOptions, ScoringFailed, context_text, held_out, register_scorer
 
 
 def default_model_path() -> Path:
@@ -83,9 +83,11 @@ class EmbeddingOptions(ScorerOptions):
             raise ConfigError("n_top, n_random and n_nonactivating must be >= 0")
 
 
+@register_scorer
 class EmbeddingScorer(Scorer):
     name = "embedding"
     needs_llm = False
+    uses_llm = False
     Options = EmbeddingOptions
 
     async def _score(self, record: FeatureRecord, explanation: str, split: str, result: ScoreResult) -> None:

@@ -23,6 +23,7 @@ from labeler.core.errors import ConfigError
 from labeler.records import ActivationExample, FeatureRecord, LLMUsage, ScoreResult
 from labeler.scoring import metrics
 from labeler.scoring.base import (
+    register_scorer,
     Scorer, ScorerOptions, ScoringFailed, context_text, digit_logprob_values, gather_calls, held_out,
     parse_json_list,
 )
@@ -133,6 +134,7 @@ def _classification_metrics(items: list[_Item], answers: list[int], soft: list[f
     result.details["undefined"] = undefined
 
 
+@register_scorer
 class DetectionScorer(_JudgeScorer):
     """Which of a shuffled mix of activating and non-activating contexts match the explanation?"""
 
@@ -191,6 +193,7 @@ def fuzzing_items(examples: list[ActivationExample], highlight_fraction: float,
     return items
 
 
+@register_scorer
 class FuzzingScorer(_JudgeScorer):
     """Correctly highlighted activating contexts vs the same contexts with wrong tokens marked."""
 
@@ -211,6 +214,7 @@ class RubricOptions(JudgeOptions):
     n_nonactivating: int = 5
 
 
+@register_scorer
 class RubricScorer(_JudgeScorer):
     """Specificity rubric: each context rated 0-3 for relatedness, correlated with its max activation."""
 

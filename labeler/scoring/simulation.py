@@ -33,6 +33,7 @@ from labeler.core.errors import ConfigError
 from labeler.records import ActivationExample, FeatureRecord, LLMUsage, ScoreResult
 from labeler.scoring import metrics
 from labeler.scoring.base import (
+    register_scorer,
     MalformedAnswer, Scorer, ScorerOptions, ScoringFailed, gather_calls, held_out,
 )
 
@@ -224,6 +225,7 @@ def _values_from_logprobs(text: str, logprobs: list | None, parsed: list[_LineVa
 # -- the scorer --------------------------------------------------------------------------------
 
 
+@register_scorer
 class SimulationScorer(Scorer):
     name = "simulation"
     needs_llm = False  # llm=None -> the offline baseline simulator

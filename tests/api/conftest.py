@@ -19,15 +19,15 @@ def populate(repo, store_path) -> int:
     from labeler.examples.store import FeatureStore
     from labeler.records import Explanation, ScoreResult
 
-    sae_id = repo.register_store(FeatureStore(store_path))
+    sae_id = repo.catalog.register_store(FeatureStore(store_path))
     texts = {1: "the Golden Gate Bridge and other bridges", 2: "Python function definitions",
              3: "numbers and counting"}
     for i, text in texts.items():
-        eid = repo.save_explanation(sae_id, Explanation(feature=i, text=text, explainer="highlighted",
+        eid = repo.results.save_explanation(sae_id, Explanation(feature=i, text=text, explainer="highlighted",
                                                         llm_model="gpt-x", prompt_name="explain_highlighted",
                                                         prompt_version="v1", prompt_hash="h"))
-        repo.save_score(eid, ScoreResult(feature=i, method="simulation", value=i / 10, llm_model="sim"))
-    repo.save_explanation(sae_id, Explanation(feature=4, text="", explainer="highlighted", failed=True, error="boom"))
+        repo.results.save_score(eid, ScoreResult(feature=i, method="simulation", value=i / 10, llm_model="sim"))
+    repo.results.save_explanation(sae_id, Explanation(feature=4, text="", explainer="highlighted", failed=True, error="boom"))
     return sae_id
 
 
@@ -43,10 +43,9 @@ def api(database_url, tiny_store_path, monkeypatch):
     monkeypatch.setenv("LABELER_API_WRITE_KEY", WRITE_KEY)
     monkeypatch.setenv("LABELER_DATABASE_URL", database_url)
     reset_settings()
-    repo = Repository(database_url)
-    repo.upgrade()
+    repo = Repository.open(database_url)
     sae_id = populate(repo, tiny_store_path)
-    app = create_app(repo=repo, settings=get_settings())
+    app = create_app(get_settings(), repo=repo)
     with TestClient(app) as client:
         yield client, repo, sae_id
     repo.close()

@@ -6,19 +6,21 @@ import json
 
 import pytest
 
+from labeler.db.engine import head_revision
+
 from .conftest import WRITE_KEY
 
 
 def base(repo, sae_id) -> str:
-    info = repo.sae_info(sae_id)
-    return f"{info['model']}/{info['sae']}"
+    info = repo.catalog.sae(sae_id)
+    return f"{info.model}/{info.sae}"
 
 
 def test_health_version_openapi(api):
     client, repo, _ = api
     assert client.get("/health").json()["status"] == "ok"
     v = client.get("/version").json()
-    assert v["version"] and v["schema_revision"] == "0002"
+    assert v["version"] and v["schema_revision"] == head_revision() == "0003"
     spec = client.get("/openapi.json").json()
     assert "/v1/features/{model}/{sae}/{index}" in spec["paths"]
     assert "X-API-Key" in json.dumps(spec["components"]["securitySchemes"])
@@ -26,13 +28,13 @@ def test_health_version_openapi(api):
 
 def test_catalog(api):
     client, repo, sae_id = api
-    info = repo.sae_info(sae_id)
+    info = repo.catalog.sae(sae_id)
     models = client.get("/v1/models").json()
-    assert [m["model"] for m in models["items"]] == [info["model"]]
+    assert [m["model"] for m in models["items"]] == [info.model]
     assert models["items"][0]["n_saes"] == 1
     saes = client.get("/v1/saes").json()["items"]
-    assert saes[0]["sae"] == info["sae"] and saes[0]["n_features"] == 16 and saes[0]["store_path"]
-    assert client.get(f"/v1/models/{info['model']}/saes").json()["items"][0]["sae"] == info["sae"]
+    assert saes[0]["sae"] == info.sae and saes[0]["n_features"] == 16 and saes[0]["store_path"]
+    assert client.get(f"/v1/models/{info.model}/saes").json()["items"][0]["sae"] == info.sae
     assert client.get("/v1/saes", params={"model": "nope"}).json()["items"] == []
     r = client.get("/v1/models/nope/saes")
     assert r.status_code == 404 and "nope" in r.json()["detail"]
@@ -56,8 +58,10 @@ def test_get_one_feature(api):
     assert acts == sorted(acts, reverse=True)
     assert len(f["contexts"][0]["tokens"]) == len(f["contexts"][0]["activations"])
     assert client.get(f"/v1/features/{b}/1", params={"contexts": 0}).json()["contexts"] is None
+    # per-example score details only when asked for (the field is always there, null otherwise)
+    assert f["explanations"][0]["scores"][0]["details"] is None
     d = client.get(f"/v1/features/{b}/1", params={"details": True}).json()
-    assert "details" in d["explanations"][0]["scores"][0]
+    assert d["explanations"][0]["scores"][0]["details"] is not None
     # a failed explanation is shown as such, and is no label
     f4 = client.get(f"/v1/features/{b}/4").json()
     assert f4["label"] is None and f4["explanations"][0]["failed"] and f4["explanations"][0]["error"] == "boom"
@@ -116,19 +120,19 @@ def test_list_features(api):
 
 def test_search(api):
     client, repo, sae_id = api
-    info = repo.sae_info(sae_id)
+    info = repo.catalog.sae(sae_id)
     r = client.get("/v1/search", params={"q": "bridges"})
     assert r.status_code == 200, r.text
     hits = r.json()["items"]
     assert [h["index"] for h in hits] == [1] and hits[0]["is_label"]
-    r = client.get("/v1/search", params={"q": "function", "model": info["model"], "sae": info["sae"]})
+    r = client.get("/v1/search", params={"q": "function", "model": info.model, "sae": info.sae})
     assert [h["index"] for h in r.json()["items"]] == [2]
     r = client.get("/v1/search", params={"q": "golden gate", "mode": "semantic", "limit": 2})
     assert r.status_code == 200, r.text
     assert r.json()["items"][0]["index"] == 1 and r.json()["mode"] == "semantic"
     assert client.get("/v1/search", params={"q": ""}).status_code == 422
     assert client.get("/v1/search", params={"q": "   "}).status_code == 422
-    assert client.get("/v1/search", params={"q": "x", "model": info["model"]}).status_code == 422
+    assert client.get("/v1/search", params={"q": "x", "model": info.model}).status_code == 422
     assert client.get("/v1/search", params={"q": "x", "model": "a", "sae": "b"}).status_code == 404
     assert client.get("/v1/search", params={"q": "x", "mode": "magic"}).status_code == 422
     assert client.get("/v1/search", params={"q": '"( AND'}).status_code == 200
@@ -157,8 +161,8 @@ def test_export(api):
 
 def test_jobs_need_the_write_key(api):
     client, repo, sae_id = api
-    info = repo.sae_info(sae_id)
-    body = {"model": info["model"], "sae": info["sae"], "features": "0:2", "spec": {"explainer": "baseline"}}
+    info = repo.catalog.sae(sae_id)
+    body = {"model": info.model, "sae": info.sae, "features": "0:2", "spec": {"explainer": "baseline"}}
     assert client.post("/v1/jobs", json=body).status_code == 401
     assert client.post("/v1/jobs", json=body, headers={"X-API-Key": "wrong"}).status_code == 401
     assert client.post("/v1/jobs/1/cancel").status_code == 401
@@ -174,29 +178,34 @@ def test_jobs_need_the_write_key(api):
 
 
 def test_submit_follow_and_cancel_a_job(api, redis_url, monkeypatch):
-    client, repo, sae_id = api
+    _, repo, sae_id = api
+    from fastapi.testclient import TestClient
+
+    from labeler.api.app import create_app
     from labeler.core.config import get_settings, reset_settings
 
+    # The app binds its runner (and the runner its queue) when it is created: an app of its own,
+    # on the same repository, created with Redis configured.
     monkeypatch.setenv("LABELER_REDIS_URL", redis_url)
     reset_settings()
-    client.app.state.settings = get_settings()
-    info = repo.sae_info(sae_id)
+    info = repo.catalog.sae(sae_id)
     h = {"X-API-Key": WRITE_KEY}
-    r = client.post("/v1/jobs", json={"model": info["model"], "sae": info["sae"], "features": [5, 6, 7],
-                                      "spec": {"explainer": "baseline", "scorers": ["simulation"]}}, headers=h)
-    assert r.status_code == 202, r.text
-    job = r.json()
-    assert job["n_features"] == 3 and job["counts"]["pending"] == 3
-    import redis
+    with TestClient(create_app(get_settings(), repo=repo)) as client:
+        r = client.post("/v1/jobs", json={"model": info.model, "sae": info.sae, "features": [5, 6, 7],
+                                          "spec": {"explainer": "baseline", "scorers": ["simulation"]}}, headers=h)
+        assert r.status_code == 202, r.text
+        job = r.json()
+        assert job["n_features"] == 3 and job["counts"]["pending"] == 3
+        import redis
 
-    assert redis.Redis.from_url(redis_url).llen("labeler") >= 1  # chunks were queued for workers
-    followed = client.get(f"/v1/jobs/{job['id']}").json()
-    assert followed["id"] == job["id"] and followed["status"] in ("pending", "running")
-    assert [j["id"] for j in client.get("/v1/jobs").json()["items"]] == [job["id"]]
-    r = client.post(f"/v1/jobs/{job['id']}/cancel", headers=h)
-    assert r.status_code == 200 and r.json()["status"] == "cancelled"
-    assert client.get("/v1/jobs", params={"status": "cancelled"}).json()["items"][0]["id"] == job["id"]
-    assert client.get("/v1/jobs", params={"status": "weird"}).status_code == 422
+        assert redis.Redis.from_url(redis_url).llen("labeler") >= 1  # chunks were queued for workers
+        followed = client.get(f"/v1/jobs/{job['id']}").json()
+        assert followed["id"] == job["id"] and followed["status"] in ("pending", "running")
+        assert [j["id"] for j in client.get("/v1/jobs").json()["items"]] == [job["id"]]
+        r = client.post(f"/v1/jobs/{job['id']}/cancel", headers=h)
+        assert r.status_code == 200 and r.json()["status"] == "cancelled"
+        assert client.get("/v1/jobs", params={"status": "cancelled"}).json()["items"][0]["id"] == job["id"]
+        assert client.get("/v1/jobs", params={"status": "weird"}).status_code == 422
 
 
 def test_writes_disabled_without_a_configured_key(api):

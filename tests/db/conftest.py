@@ -11,7 +11,8 @@ from labeler.records import FeatureStats
 class DuckStore:
     """The part of labeler.examples.store.FeatureStore that register_store reads."""
 
-    def __init__(self, n_features: int = 8, model: str = "Org/Tiny-Model", sae: str = "res 0", path: str | None = None):
+    def __init__(self, n_features: int = 8, model: str = "Org/Tiny-Model", sae: str = "res 0",
+                 path: str = "/stores/duck"):
         self.n_features = n_features
         self.model_name = model
         self.sae_name = sae
@@ -42,6 +43,6 @@ def repo(database_url):
     from labeler.db import Repository
 
     r = Repository(database_url)
-    r.upgrade()
+    r.db.upgrade()
     yield r
     r.close()

@@ -19,10 +19,12 @@ WRITER = textwrap.dedent('''
         for explainer in ("shared", f"own-{worker}"):
             e = Explanation(feature=f, text=f"{explainer} text {f}", explainer=explainer, llm_model="m",
                             usage=LLMUsage(calls=1, prompt_tokens=10))
-            eid = repo.save_explanation(sae_id, e, job_id=job_id)
-            repo.save_score(eid, ScoreResult(feature=f, method="simulation", value=worker / 10, llm_model="m"))
-            repo.save_score(eid, ScoreResult(feature=f, method="simulation", value=0.0, control=True, llm_model="m"))
-        repo.mark_feature(job_id, f, "done", usage=LLMUsage(calls=2, prompt_tokens=20))
+            eid = repo.results.save_explanation(sae_id, e, job_id=job_id)
+            repo.results.save_score(eid, ScoreResult(feature=f, method="simulation", value=worker / 10,
+                                                     llm_model="m"))
+            repo.results.save_score(eid, ScoreResult(feature=f, method="simulation", value=0.0, control=True,
+                                                     llm_model="m"))
+        repo.jobs.mark_feature(job_id, f, "done", usage=LLMUsage(calls=2, prompt_tokens=20))
     print("ok", worker)
 ''')
 
@@ -31,10 +33,10 @@ def test_concurrent_writers(database_url, tmp_path):
     from labeler.db import Repository
 
     repo = Repository(database_url)
-    repo.upgrade()
+    repo.db.upgrade()
     n_workers, n_features = 4, 15
-    sae_id = repo.ensure_sae("model", "sae", n_features=n_features)
-    job_id = repo.create_job(sae_id, {}, list(range(n_features)))
+    sae_id = repo.catalog.ensure_sae("model", "sae", n_features=n_features)
+    job_id = repo.jobs.create(sae_id, {}, list(range(n_features)))
     script = tmp_path / "writer.py"
     script.write_text(WRITER)
     procs = [subprocess.Popen([sys.executable, str(script), database_url, str(w), str(sae_id), str(job_id),
@@ -45,7 +47,7 @@ def test_concurrent_writers(database_url, tmp_path):
         assert p.returncode == 0, err[-3000:]
         assert out.startswith("ok")
 
-    with repo.engine.connect() as c:
+    with repo.db.engine.connect() as c:
         n_exp = c.execute(sa.text("SELECT count(*) FROM explanation")).scalar_one()
         n_shared = c.execute(sa.text("SELECT count(*) FROM explanation WHERE explainer = 'shared'")).scalar_one()
         n_score = c.execute(sa.text("SELECT count(*) FROM score")).scalar_one()
@@ -57,12 +59,12 @@ def test_concurrent_writers(database_url, tmp_path):
     assert n_score == 2 * n_exp  # one real and one control score per explanation
     assert dup == 0
     assert n_usage == n_exp  # usage recorded once per stored explanation, never per retry
-    info = repo.job_info(job_id)
-    assert info["counts"] == {"pending": 0, "done": n_features, "failed": 0}
-    assert info["tokens"]["prompt"] == 20 * n_features  # set, not summed over duplicate reports
+    info = repo.jobs.info(job_id)
+    assert info.counts == {"pending": 0, "done": n_features, "failed": 0, "reused": 0}
+    assert info.tokens["prompt"] == 20 * n_features  # set, not summed over duplicate reports
     # every feature's label is the best non-control simulation score among all writers
     for f in range(n_features):
-        label = repo.feature_view(sae_id, f)["label"]
-        assert label["method"] == "simulation"
-        assert label["score"] == max(w / 10 for w in range(n_workers))
+        label = repo.reads.feature(sae_id, f).label
+        assert label.method == "simulation"
+        assert label.score == max(w / 10 for w in range(n_workers))
     repo.close()

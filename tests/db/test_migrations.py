@@ -13,33 +13,36 @@ TABLES = {"subject_model", "sae", "feature", "explanation", "score", "explanatio
           "job_feature", "llm_usage"}
 
 
+HEAD = "0003"
+
+
 def test_upgrade_from_empty_matches_models(database_url):
     repo = Repository(database_url)
-    assert repo.current_revision() is None
-    repo.upgrade()
-    assert repo.current_revision() == head_revision() == "0002"
-    names = set(sa.inspect(repo.engine).get_table_names())
+    assert repo.db.current_revision() is None
+    repo.db.upgrade()
+    assert repo.db.current_revision() == head_revision() == HEAD
+    names = set(sa.inspect(repo.db.engine).get_table_names())
     assert TABLES <= names
 
     from alembic.autogenerate import compare_metadata
     from alembic.migration import MigrationContext
 
-    with repo.engine.connect() as c:
+    with repo.db.engine.connect() as c:
         diff = compare_metadata(MigrationContext.configure(c), metadata)
     # The full-text structures are dialect-specific and deliberately outside the models.
     diff = [d for d in diff if "fts" not in repr(d)]
     assert diff == [], f"migration and models disagree: {diff}"
 
-    repo.upgrade()  # idempotent
-    assert repo.current_revision() == "0002"
+    repo.db.upgrade()  # idempotent
+    assert repo.db.current_revision() == HEAD
     repo.close()
 
 
 def test_full_text_structures_exist(database_url):
     repo = Repository(database_url)
-    repo.upgrade()
-    with repo.engine.connect() as c:
-        if repo.dialect == "sqlite":
+    repo.db.upgrade()
+    with repo.db.engine.connect() as c:
+        if repo.db.dialect == "sqlite":
             kinds = dict(c.execute(sa.text("SELECT name, type FROM sqlite_master WHERE name LIKE 'explanation_fts%'")).all())
             assert kinds["explanation_fts"] == "table"
             assert {"explanation_fts_ai", "explanation_fts_ad", "explanation_fts_au"} <= set(kinds)
@@ -55,12 +58,12 @@ def test_full_text_structures_exist(database_url):
 
 def test_downgrade_to_empty(database_url):
     repo = Repository(database_url)
-    repo.upgrade()
+    repo.db.upgrade()
     from labeler.db.engine import downgrade
 
-    downgrade(repo.engine, "base")
-    assert repo.current_revision() is None
-    assert not (TABLES & set(sa.inspect(repo.engine).get_table_names()))
+    downgrade(repo.db.engine, "base")
+    assert repo.db.current_revision() is None
+    assert not (TABLES & set(sa.inspect(repo.db.engine).get_table_names()))
     repo.close()
 
 
@@ -75,15 +78,17 @@ def test_cli_upgrade_and_current(tmp_path, monkeypatch):
     assert "none" in res.output
     res = runner.invoke(app, ["db", "upgrade", "--url", url])
     assert res.exit_code == 0, res.output
-    assert "0002" in res.output
+    assert HEAD in res.output
     res = runner.invoke(app, ["db", "current", "--url", url])
-    assert "current: 0002" in res.output and "up to date" in res.output
+    assert f"current: {HEAD}" in res.output and "up to date" in res.output
 
 
 def test_default_url_creates_parent_dir(isolated_settings):
-    repo = Repository()
-    repo.upgrade()
+    from labeler.core.config import get_settings
+
+    repo = Repository.open(get_settings().resolved_database_url)  # the default: a SQLite file in data_dir
+    assert repo.db.current_revision() == HEAD
     assert (isolated_settings / "labeler.db").exists()
-    with repo.engine.connect() as c:
+    with repo.db.engine.connect() as c:
         assert c.exec_driver_sql("PRAGMA journal_mode").scalar_one() == "wal"
     repo.close()

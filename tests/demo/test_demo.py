@@ -33,6 +33,19 @@ def _counts(db) -> tuple[int, int, int]:
     return out  # type: ignore[return-value]
 
 
+def _jobs(db) -> list[tuple[int, str, int, list[int | None]]]:
+    """(id, status, n_features, reused_from of each feature) of every job, oldest first."""
+    eng = sa.create_engine(f"sqlite:///{db}")
+    with eng.connect() as c:
+        jobs = c.execute(sa.text("SELECT id, status, n_features FROM job ORDER BY id")).all()
+        out = [(j.id, j.status, j.n_features,
+                [r[0] for r in c.execute(sa.text("SELECT reused_from FROM job_feature WHERE job_id = :j "
+                                                 "ORDER BY feature_index"), {"j": j.id})])
+               for j in jobs]
+    eng.dispose()
+    return out
+
+
 def test_demo_runs_offline_end_to_end_and_reuses_work(tmp_path):
     out = tmp_path / "demo"
     first = _demo(out)
@@ -60,7 +73,15 @@ def test_demo_runs_offline_end_to_end_and_reuses_work(tmp_path):
     assert "already complete" in second.stdout
     assert "labeled 0, reused 6" in second.stdout
     assert (sae_weights.stat().st_mtime_ns, manifest.stat().st_mtime_ns) == stamps  # not recomputed
-    assert _counts(out / "labeler.db") == rows  # no new explanations, scores or jobs
+    # No new explanations or scores.  The second run is one more job (reuse is a job of its own)
+    # that computed nothing: every feature taken over, as done, from the first run's job.
+    again = _counts(out / "labeler.db")
+    assert again[:2] == rows[:2] and again[2] == rows[2] + 1
+    jobs = _jobs(out / "labeler.db")
+    assert len(jobs) == again[2]
+    first_job, second_job = jobs[-2], jobs[-1]
+    assert first_job[1] == "done" and first_job[3] == [None] * 6
+    assert second_job[1] == "done" and second_job[2] == 6 and second_job[3] == [first_job[0]] * 6
 
 
 def test_demo_rejects_bad_options_clearly(tmp_path):

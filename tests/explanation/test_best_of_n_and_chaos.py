@@ -28,8 +28,8 @@ def rotating_candidates(server):
 
 @pytest.mark.timeout(60)
 async def test_best_of_n_keeps_the_best_scored_candidate(server, make_llm):
-    pytest.importorskip("labeler.scoring.oracle")
-    from labeler.scoring.oracle import install_scoring_rules
+    pytest.importorskip("labeler.testing.oracle")
+    from labeler.testing.oracle import install_scoring_rules
 
     install_scoring_rules(server)
     rotating_candidates(server)

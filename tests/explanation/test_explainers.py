@@ -137,11 +137,12 @@ def test_get_explainer_errors():
         get_explainer("baseline", n_exampels=3)
 
 
-async def test_get_explainer_uses_configured_endpoint(server, monkeypatch):
+async def test_explainer_with_the_configured_endpoint(server, monkeypatch):
     from labeler.core.config import reset_settings
+    from labeler.llm import get_llm
 
     monkeypatch.setenv("LABELER_EXPLAINER_BASE_URL", server.base_url)
     monkeypatch.setenv("LABELER_EXPLAINER_API_KEY", "k")
     reset_settings()
-    exp = await get_explainer("highlighted").explain(make_feature_record(1))
+    exp = await get_explainer("highlighted", get_llm("explainer")).explain(make_feature_record(1))
     assert exp.text == 'the token "bridge"' and server.stats["chat"] == 1

@@ -39,7 +39,7 @@ def alive_features(tiny_store) -> list[int]:
 def install_rules(server) -> None:
     """The scoring area's simulator and detection responders (explainer prompts get the
     server's default rule)."""
-    from labeler.scoring import oracle
+    from labeler.testing import oracle
 
     server.add_rule(oracle.is_simulation, oracle.simulation_reply)
     server.add_rule(oracle.is_detection, oracle.detection_reply)
@@ -47,7 +47,7 @@ def install_rules(server) -> None:
 
 @pytest.fixture
 def llm_server():
-    from labeler.llm.testserver import TestLLMServer
+    from labeler.testing.llm_server import TestLLMServer
 
     with TestLLMServer(latency_s=0.05, seed=1) as server:
         install_rules(server)

@@ -20,7 +20,7 @@ def test_label_offline_then_jobs_json(tiny_store, alive_features, tmp_path):
     out = run(["label", str(tiny_store), "--features", feats, "--scorers", "simulation", "--json"], db)
     assert out.returncode == 0, out.stderr
     info = json.loads(out.stdout)
-    assert info["status"] == "done" and info["counts"] == {"pending": 0, "done": 3, "failed": 0}
+    assert info["status"] == "done" and info["counts"] == {"pending": 0, "done": 3, "failed": 0, "reused": 0}
     assert info["spec"]["label"]["explainer"] == "baseline"  # no endpoint: the offline explainer
 
     out = run(["jobs", str(info["id"])], db)

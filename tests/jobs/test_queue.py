@@ -10,12 +10,26 @@ from collections import Counter
 import pytest
 import sqlalchemy as sa
 
-from labeler import jobs
-from labeler.pipeline import LabelSpec
+from labeler.core.config import get_settings
+from labeler.db import Repository
+from labeler.runs.queue import CelerySender
+from labeler.runs.runner import Runner, chunked
+from labeler.runs.spec import LabelSpec, make_job_spec
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres, pytest.mark.slow]
 
-SPEC = LabelSpec(explainer="highlighted", scorers=["simulation", "detection"], control=True)
+LABEL = LabelSpec(explainer="highlighted", scorers=["simulation", "detection"], control=True)
+
+
+def make_runner(queued: bool = True) -> Runner:
+    """This test process's runner, on the settings queue_env just set (the workers' too)."""
+    settings = get_settings()
+    return Runner(Repository.open(settings.resolved_database_url), settings,
+                  send=CelerySender(settings) if queued else None)
+
+
+def submit(runner: Runner, store, features) -> int:
+    return runner.submit(make_job_spec(store, LABEL, runner.settings), features)
 
 
 def wait_until(predicate, timeout_s: float = 60, what: str = "condition"):
@@ -29,15 +43,14 @@ def wait_until(predicate, timeout_s: float = 60, what: str = "condition"):
         time.sleep(0.1)
 
 
-def labels(job_id: int) -> dict[int, dict]:
+def labels(runner: Runner, job_id: int) -> dict[int, list]:
     """Every stored explanation and score of the job's features, by feature (row ids left out)."""
-    repo = jobs.get_repository()
-    info = jobs.job_progress(job_id)
+    repo = runner.repo
+    info = runner.progress(job_id)
     out = {}
-    for view in repo.features_view(info["sae_id"], repo.job_features(job_id)):
-        out[view["index"]] = sorted(
-            (e["text"], e["failed"], sorted((s["method"], s["control"], s["value"]) for s in e["scores"]))
-            for e in view["explanations"])
+    for view in repo.reads.features(info.sae_id, repo.jobs.features(job_id)):
+        out[view.index] = sorted(
+            (e.text, e.failed, sorted((s.method, s.control, s.value) for s in e.scores)) for e in view.explanations)
     return out
 
 
@@ -61,15 +74,16 @@ def test_job_end_to_end_then_inprocess_gives_identical_labels(tiny_store, alive_
     pool = workers(env)
     pool.start("a", concurrency=2)
     features = alive_features[:7]
-    job_id = jobs.submit_job(tiny_store, features, SPEC)
-    assert len(jobs.job_progress(job_id)["spec"]["label"]["scorers"]) == 2
-    info = jobs.wait_for_job(job_id, timeout_s=90)
+    runner = make_runner()
+    job_id = submit(runner, tiny_store, features)
+    assert len(runner.progress(job_id).spec["label"]["scorers"]) == 2
+    info = runner.wait(job_id, timeout_s=90)
 
-    assert info["status"] == "done"
-    assert info["counts"] == {"pending": 0, "done": 7, "failed": 0}, info["errors"]
+    assert info.status == "done"
+    assert info.counts == {"pending": 0, "done": 7, "failed": 0, "reused": 0}, info.errors
     # per feature: 1 explanation + 2 scorers x (real + control) = 5 LLM calls at least
-    assert info["tokens"]["calls"] >= 5 * len(features) and info["cost_usd"] > 0
-    queued = labels(job_id)
+    assert info.tokens["calls"] >= 5 * len(features) and info.cost_usd > 0
+    queued = labels(runner, job_id)
     assert sorted(queued) == features
     for f in features:
         (text, failed, scores), = queued[f]
@@ -84,9 +98,10 @@ def test_job_end_to_end_then_inprocess_gives_identical_labels(tiny_store, alive_
     from labeler.core.config import reset_settings
 
     reset_settings()
-    local_id = jobs.run_job_inprocess(tiny_store, features, SPEC)
-    assert jobs.job_progress(local_id)["counts"] == info["counts"]
-    assert labels(local_id) == queued
+    local = make_runner(queued=False)
+    local_id = local.create_job(make_job_spec(tiny_store, LABEL, local.settings), features)
+    assert local.run(local_id).counts == info.counts
+    assert labels(local, local_id) == queued
 
 
 def test_sigkill_of_a_worker_mid_job_loses_and_duplicates_nothing(tiny_store, alive_features, queue_env,
@@ -97,17 +112,18 @@ def test_sigkill_of_a_worker_mid_job_loses_and_duplicates_nothing(tiny_store, al
     pool.start("victim")
     pool.start("survivor")
     features = alive_features[:10]
-    job_id = jobs.submit_job(tiny_store, features, SPEC)
+    runner = make_runner()
+    job_id = submit(runner, tiny_store, features)
     # kill the victim once it is inside a chunk (it has asked the LLM something)
     wait_until(lambda: "label_chunk" in pool.log("victim") and "received" in pool.log("victim"),
                what="the victim to take a chunk")
     time.sleep(0.5)
     pool.kill("victim")
-    info = jobs.wait_for_job(job_id, timeout_s=120)
+    info = runner.wait(job_id, timeout_s=120)
 
-    assert info["status"] == "done"
-    assert info["counts"]["pending"] == 0
-    assert info["counts"]["done"] == len(features) and info["counts"]["failed"] == 0, info["errors"]
+    assert info.status == "done"
+    assert info.counts["pending"] == 0
+    assert info.counts["done"] == len(features) and info.counts["failed"] == 0, info.errors
     exps, scores = row_counts(postgres_url)
     assert sorted(exps) == features
     assert set(exps.values()) == {1}, f"duplicate explanation rows: {exps}"
@@ -129,13 +145,14 @@ def test_redis_restart_mid_job_still_finishes(tiny_store, alive_features, queue_
     pool = workers(env)
     pool.start("a")
     features = alive_features[:6]
-    job_id = jobs.submit_job(tiny_store, features, SPEC)
-    wait_until(lambda: jobs.job_progress(job_id)["counts"]["done"] >= 1, what="the first feature")
+    runner = make_runner()
+    job_id = submit(runner, tiny_store, features)
+    wait_until(lambda: runner.progress(job_id).counts["done"] >= 1, what="the first feature")
     private_redis.restart(down_s=1.5)
-    info = jobs.wait_for_job(job_id, timeout_s=120)
+    info = runner.wait(job_id, timeout_s=120)
 
-    assert info["status"] == "done"
-    assert info["counts"] == {"pending": 0, "done": len(features), "failed": 0}
+    assert info.status == "done"
+    assert info.counts == {"pending": 0, "done": len(features), "failed": 0, "reused": 0}
     exps, scores = row_counts(postgres_url)
     assert set(exps.values()) == {1} and set(scores.values()) == {1}
     assert len(scores) == 4 * len(features)
@@ -147,18 +164,19 @@ def test_cancel_stops_new_chunks(tiny_store, alive_features, queue_env, redis_ur
     pool = workers(env)
     pool.start("a")
     features = alive_features[:10]
-    job_id = jobs.submit_job(tiny_store, features, SPEC)
-    wait_until(lambda: jobs.job_progress(job_id)["counts"]["done"] >= 1, what="the first feature")
-    info = jobs.cancel_job(job_id)
-    assert info["status"] == "cancelled"
+    runner = make_runner()
+    job_id = submit(runner, tiny_store, features)
+    wait_until(lambda: runner.progress(job_id).counts["done"] >= 1, what="the first feature")
+    info = runner.cancel(job_id)
+    assert info.status == "cancelled"
     # the queue drains: every remaining chunk sees the status and skips
-    n_chunks = len(jobs.chunked(features, 2))
+    n_chunks = len(chunked(features, 2))
     wait_until(lambda: pool.log("a").count("succeeded") >= n_chunks, timeout_s=60, what="the queue to drain")
-    info = jobs.job_progress(job_id)
-    assert info["status"] == "cancelled"
+    info = runner.progress(job_id)
+    assert info.status == "cancelled"
     # at most the chunk in flight and one started just before the status was read (chunks of 2)
-    assert info["counts"]["pending"] >= len(features) - 4
-    assert info["counts"]["done"] >= 1
+    assert info.counts["pending"] >= len(features) - 4
+    assert info.counts["done"] >= 1
 
 
 def test_chaos_on_the_llm_then_retry_failed(tiny_store, alive_features, queue_env, redis_url, workers,
@@ -169,23 +187,24 @@ def test_chaos_on_the_llm_then_retry_failed(tiny_store, alive_features, queue_en
     pool = workers(env)
     pool.start("a", concurrency=2)
     features = alive_features[:6]
-    job_id = jobs.submit_job(tiny_store, features, SPEC)
-    info = jobs.wait_for_job(job_id, timeout_s=90)
-    assert info["status"] == "done"
-    assert info["counts"] == {"pending": 0, "done": 0, "failed": len(features)}
-    assert all("500" in e["error"] for e in info["errors"]), info["errors"]
+    runner = make_runner()
+    job_id = submit(runner, tiny_store, features)
+    info = runner.wait(job_id, timeout_s=90)
+    assert info.status == "done"
+    assert info.counts == {"pending": 0, "done": 0, "failed": len(features), "reused": 0}
+    assert all("500" in e.error for e in info.errors), info.errors
 
     # mixed chaos: 25% of calls fail in several ways; each feature ends done or failed with a reason
     llm_server.configure(fail_500=0.1, fail_429=0.05, malformed=0.05, truncated=0.05, retry_after_s=0.1)
-    assert jobs.retry_failed(job_id) == features
-    info = jobs.wait_for_job(job_id, timeout_s=90)
-    assert info["status"] == "done" and info["counts"]["pending"] == 0
-    assert all(e["error"] for e in info["errors"])
+    assert runner.retry_failed(job_id, queued=True) == features
+    info = runner.wait(job_id, timeout_s=90)
+    assert info.status == "done" and info.counts["pending"] == 0
+    assert all(e.error for e in info.errors)
 
     # a healthy server: retrying the failures finishes the job
     llm_server.configure(fail_500=0.0, fail_429=0.0, malformed=0.0, truncated=0.0)
-    failed_before = info["counts"]["failed"]
-    retried = jobs.retry_failed(job_id)
+    failed_before = info.counts["failed"]
+    retried = runner.retry_failed(job_id, queued=True)
     assert len(retried) == failed_before
-    info = jobs.wait_for_job(job_id, timeout_s=90)
-    assert info["counts"] == {"pending": 0, "done": len(features), "failed": 0}
+    info = runner.wait(job_id, timeout_s=90)
+    assert info.counts == {"pending": 0, "done": len(features), "failed": 0, "reused": 0}

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from labeler.llm import LLMClient, SpendTracker, reset_process_state
-from labeler.llm.testserver import TestLLMServer
+from labeler.testing.llm_server import TestLLMServer
 
 
 @pytest.fixture(autouse=True)

@@ -185,7 +185,7 @@ async def test_completions_and_models_endpoints(server):
 
 
 async def test_rules_and_truncation(server, make_llm):
-    from labeler.llm.testserver import Reply, add_rule, remove_rule
+    from labeler.testing.llm_server import Reply, add_rule, remove_rule
 
     responder = lambda req: Reply("4 4 4", logprobs=[("4", -0.1, {"4": -0.1, "5": -2.5})] * 1)  # noqa: E731
     add_rule(lambda req: "simulate" in json.dumps(req), responder)

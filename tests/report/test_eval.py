@@ -9,9 +9,12 @@ import sys
 import numpy as np
 import pytest
 import yaml
+from rich.console import Console
 
+from labeler.core.config import get_settings
 from labeler.core.errors import ConfigError, InputError
-from labeler.report.evaluate import EvalSample, load_eval_config, run_eval_file, sample_features
+from labeler.runs.evaluate import load_eval_config, run_eval_file
+from labeler.runs.sample import EvalSample, sample_features
 
 
 def _config(tmp_path, store, **over) -> str:
@@ -55,7 +58,7 @@ def test_bad_configs_are_rejected_with_the_field_named(tmp_path, labeled_db):
 
 def test_eval_harness_compares_configurations_on_the_same_sample(tmp_path, labeled_db):
     cfg = _config(tmp_path, labeled_db.store_path)
-    res = run_eval_file(cfg, out=tmp_path / "out")
+    res = run_eval_file(cfg, get_settings(), Console(), out=tmp_path / "out")
     assert res.ran == ["baseline", "terse"]
     assert "highlighted-llm" in res.skipped and "OPENAI" in res.skipped["highlighted-llm"]
     summary = json.loads(res.report.json.read_text())

@@ -81,19 +81,23 @@ def _text(dom: str) -> str:
 
 
 def test_feature_page_renders_explanation_contexts_stats_and_neighbours(server, labeled_db, tmp_path):
-    from labeler.report.queries import feature_detail
+    from labeler.db import Repository
 
     index = labeled_db.features[0]
-    detail = feature_detail(labeled_db.url, labeled_db.sae_id, index)
-    label = detail["feature"]["label_text"]
+    repo = Repository.open(labeled_db.url)
+    view = repo.reads.feature(labeled_db.sae_id, index)
+    repo.close()
+    assert view is not None and view.label is not None
+    label = view.label.text
     assert label
     url = f"{server}/features/{labeled_db.model_slug}/{labeled_db.sae_slug}/{index}"
     dom = dump_dom(tmp_path, url)
     text = _text(dom)
     assert f"Feature #{index}" in text
     assert label in text  # the current label, rendered by the browser
-    for e in detail["explanations"]:
-        assert e["text"] in text  # every explanation with its scores
+    assert view.explanations
+    for e in view.explanations:
+        assert e.text in text  # every explanation with its scores
     assert "simulation" in text and "shuffled control" in text
     assert dom.count('class="tok act"') >= 3  # highlighted top contexts from the store
     assert 'aria-label="activation histogram"' in dom
@@ -112,7 +116,7 @@ def test_feature_page_renders_explanation_contexts_stats_and_neighbours(server, 
 
 
 def test_index_pages_browse_and_search(server, labeled_db, tmp_path):
-    from labeler.report.queries import list_features
+    from labeler.db import Repository
 
     text = _text(dump_dom(tmp_path, f"{server}/"))
     assert labeled_db.sae_slug in text and "48" in text
@@ -123,8 +127,11 @@ def test_index_pages_browse_and_search(server, labeled_db, tmp_path):
     assert len(re.findall(r'<tr><td class="num"><a href="/features/', browse)) == 48
 
     # search: a word of some feature's label must find that feature
-    items, _ = list_features(labeled_db.url, labeled_db.sae_id, labeled_only=True, limit=100)
-    word, target = next((w, it.index) for it in items for w in re.findall(r"[A-Za-z]{3,}", it.label_text or ""))
+    repo = Repository.open(labeled_db.url)
+    items = repo.reads.list_features(labeled_db.sae_id, has_label=True, limit=100)
+    repo.close()
+    word, target = next((w, it.index) for it in items
+                        for w in re.findall(r"[A-Za-z]{3,}", it.label.text if it.label else ""))
     dom = dump_dom(tmp_path, f"{base}?q={word}")
     found = re.findall(rf'href="/features/{labeled_db.model_slug}/{labeled_db.sae_slug}/(\d+)"', dom)
     assert str(target) in found, (word, target, found)

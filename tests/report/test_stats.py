@@ -7,7 +7,8 @@ import random
 
 import pytest
 
-from labeler.report.data import ExplanationRow, FeatureRow, ReportData, ScoreRow
+from labeler.db.views import ExplanationRow, FeatureRow, ScoreRow
+from labeler.report.data import ReportData
 from labeler.report.stats import analyse, best_and_worst, paired_test, scorer_agreement
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from labeler.llm import LLMClient, reset_process_state
-from labeler.llm.testserver import TestLLMServer
-from labeler.scoring.oracle import install_scoring_rules
+from labeler.testing.llm_server import TestLLMServer
+from labeler.testing.oracle import install_scoring_rules
 from labeler.testing import make_feature_record
 
 EXPLANATION = 'the token "bridge"'

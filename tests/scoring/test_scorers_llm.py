@@ -8,7 +8,7 @@ import pytest
 
 from labeler.core.errors import BudgetExceeded
 from labeler.llm import SpendTracker
-from labeler.llm.testserver import prompt_text
+from labeler.testing.llm_server import prompt_text
 from labeler.scoring import get_scorer
 
 EXPLANATION = 'the token "bridge"'
@@ -155,7 +155,7 @@ async def test_rubric_end_to_end(record, server, client_for):
 async def test_use_logprobs_true_without_support_is_a_config_error(record, client_for):
     from labeler.core.errors import ConfigError
     from labeler.llm import reset_process_state
-    from labeler.llm.testserver import TestLLMServer
+    from labeler.testing.llm_server import TestLLMServer
 
     reset_process_state()
     with TestLLMServer(logprobs_mode="ignore") as s:
@@ -176,8 +176,8 @@ async def test_truncated_answer_is_retried_with_a_larger_token_limit(record, lp_
 
 async def test_endpoint_rejecting_response_format_is_asked_without_it(record, client_for):
     from labeler.llm import reset_process_state
-    from labeler.llm.testserver import TestLLMServer
-    from labeler.scoring.oracle import install_scoring_rules
+    from labeler.testing.llm_server import TestLLMServer
+    from labeler.testing.oracle import install_scoring_rules
 
     reset_process_state()
     with TestLLMServer(logprobs_mode="ignore") as s:

@@ -5,8 +5,8 @@ quoted strings and content words (the offline baseline's vocabulary) as what the
 responds to, and answers each scoring prompt accordingly, with logprobs that are not one-hot
 (so expected values differ from the written integers)::
 
-    from labeler.llm.testserver import TestLLMServer
-    from labeler.scoring.oracle import install_scoring_rules
+    from labeler.testing.llm_server import TestLLMServer
+    from labeler.testing.oracle import install_scoring_rules
     with TestLLMServer() as server:
         install_scoring_rules(server)
 """
@@ -19,6 +19,7 @@ import re
 from typing import Any
 
 from labeler.scoring.simulation import _echo_form, _norm_token, baseline_vocabulary
+from labeler.testing.llm_server import Reply
 
 # Written value -> (distribution over alternatives). EV: 9.5 for a hit, 0.05/0.95 for a miss.
 HIT_TOP = {"10": math.log(0.6), "8": math.log(0.2), "maybe": math.log(0.2)}
@@ -66,8 +67,6 @@ def is_rubric(req: dict[str, Any]) -> bool:
 
 
 def simulation_reply(req: dict[str, Any]):
-    from labeler.llm.testserver import Reply
-
     user = _first_user(req)
     vocab = _vocab(user)
     seqs = [json.loads(s) for _, s in _SEQ.findall(user)]
@@ -87,8 +86,6 @@ def simulation_reply(req: dict[str, Any]):
 
 
 def _list_reply(values: list[int], tops: list[dict[str, float]] | None):
-    from labeler.llm.testserver import Reply
-
     pieces: list[tuple[str, float, dict[str, float]]] = [("[", -0.01, {})]
     for i, v in enumerate(values):
         if i:

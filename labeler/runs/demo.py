@@ -16,6 +16,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from labeler.core.config import Settings
 from labeler.core.errors import ConfigError, InputError
 
 HOOK = "encoder.layer.3"
@@ -50,12 +51,10 @@ class DemoPaths:
         return f"sqlite:///{self.db.resolve()}"
 
 
-def demo_paths(opts: DemoOptions) -> DemoPaths:
-    from labeler.core.config import get_settings
-
+def demo_paths(opts: DemoOptions, settings: Settings) -> DemoPaths:
     # Absolute and resolved: the store records its inputs' paths, so the same folder reached
     # through another relative path or a link must still count as the same store.
-    root = (Path(opts.out) if opts.out else get_settings().data_dir / "demo").expanduser().resolve()
+    root = (Path(opts.out) if opts.out else settings.data_dir / "demo").expanduser().resolve()
     sae_name = f"minilm-l3-topk{opts.sae_features}-k{opts.k}"
     # The store's name carries its settings, so other --tokens never collide with an old store.
     store_name = f"store-{sae_name}-{opts.tokens}tok-ctx{opts.ctx_len}-s{opts.seed}"
@@ -127,32 +126,27 @@ def ensure_store(opts: DemoOptions, paths: DemoPaths, console: Console) -> Path:
     return run_collect(cfg, paths.store, progress=True, log=lambda msg: console.print(f"  {msg}"))
 
 
-def ensure_demo_store(opts: DemoOptions, console: Console | None = None) -> Path:
+def ensure_demo_store(opts: DemoOptions, settings: Settings, console: Console) -> Path:
     """SAE + store of the demo (built on first use); used by ``labeler eval`` configs with ``store: demo``."""
-    console = console or Console()
     _validate(opts)
-    paths = demo_paths(opts)
+    paths = demo_paths(opts, settings)
     paths.root.mkdir(parents=True, exist_ok=True)
     ensure_sae(opts, paths, console)
     return ensure_store(opts, paths, console)
 
 
-def run_demo(opts: DemoOptions, console: Console | None = None) -> DemoPaths:
+def run_demo(opts: DemoOptions, settings: Settings, console: Console) -> DemoPaths:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from labeler.core.config import get_settings
     from labeler.db import Repository
-    from labeler.examples.store import FeatureStore
-    from labeler.pipeline import LabelSpec, default_explainer, sae_id_for_store
     from labeler.report import build_report
-    from labeler.report.evaluate import EvalSample, sample_features
-    from labeler.report.queries import resolve_sae
-    from labeler.report.runs import run_resumable
+    from labeler.runs.sample import EvalSample, sample_features
+    from labeler.runs.runner import Runner
+    from labeler.runs.spec import LabelSpec, default_explainer, make_job_spec
 
-    console = console or Console()
     _validate(opts)
     t0 = time.monotonic()
-    paths = demo_paths(opts)
+    paths = demo_paths(opts, settings)
     paths.root.mkdir(parents=True, exist_ok=True)
     console.rule("[bold]labeler demo")
     console.print(f"working folder: {paths.root}")
@@ -163,42 +157,44 @@ def run_demo(opts: DemoOptions, console: Console | None = None) -> DemoPaths:
     ensure_sae(opts, paths, console)
     console.print(f"[bold]3/5[/] collect {opts.tokens} tokens of the built-in corpus")
     store_path = ensure_store(opts, paths, console)
-    store = FeatureStore(store_path)
 
-    explainer = default_explainer()
+    explainer = default_explainer(settings)
     mode = "LLM endpoint" if explainer != "baseline" else "offline"
     console.print(f"[bold]4/5[/] label {opts.n_features} features: explainer {explainer!r}, "
                   f"scorers {', '.join(SCORERS)} + shuffled controls ({mode})")
-    repo = Repository(paths.database_url)
-    repo.upgrade()
-    sae_id = sae_id_for_store(repo, store)
+    repo = Repository.open(paths.database_url)
+    runner = Runner(repo, settings)
+    store = runner.stores.get(store_path)
     try:
         features = sample_features(store.all_stats(), store.n_features,
                                    EvalSample(n=opts.n_features, seed=opts.seed, min_count=3))
     except InputError as e:
         raise InputError(f"{e} (the demo collected only {opts.tokens} tokens)") from None
-    spec = LabelSpec(explainer=explainer, scorers=list(SCORERS), control=True, seed=opts.seed)
+    label = LabelSpec(explainer=explainer, scorers=list(SCORERS), control=True, seed=opts.seed)
+    spec = make_job_spec(store_path, label, settings, name="demo")
+    spec.chunk_size = max(2, spec.chunk_size)
+    job_id = runner.create_job(spec, features)
     with Progress(TextColumn("  {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console) as progress:
         task = progress.add_task("labeling", total=len(features))
-        outcome = run_resumable(store, repo, sae_id, features, spec, {**spec.to_dict(), "demo": True},
-                                chunk=max(2, get_settings().chunk_size),
-                                on_progress=lambda n: progress.advance(task, n))
-    console.print(f"  labeled {len(outcome.labeled)}, reused {len(outcome.reused)} from an earlier run"
-                  + (f", failed {len(outcome.failed)}" if outcome.failed else ""))
+        progress.advance(task, runner.progress(job_id).counts["reused"])
+        job = runner.run(job_id, on_chunk=lambda r: progress.advance(task, len(r.done) + len(r.failed)))
+    reused = job.counts["reused"]
+    console.print(f"  job {job_id}: labeled {job.counts['done'] - reused}, reused {reused} from an earlier run"
+                  + (f", failed {job.counts['failed']}" if job.counts["failed"] else ""))
 
     console.print("[bold]5/5[/] report")
+    sae_id = int(job.sae_id)
     report = build_report(repo, sae_id, paths.report, title=f"labeler demo: MiniLM {HOOK}, {store.sae_name}",
                           store_path=str(store_path))
-    info = resolve_sae(repo, sae_id)
+    info = repo.catalog.sae(sae_id)
     repo.close()
 
     console.rule(f"done in {time.monotonic() - t0:.0f}s")
     console.print(f"report:     [bold]{report.html}[/]  (open in a browser: file://{report.html.resolve()})")
     console.print(f"summaries:  {report.json}, {report.md}")
-    settings = get_settings()
     host, port = opts.host or settings.api_host, opts.port or settings.api_port
-    pages = f"http://{host}:{port}/features/{info.model_slug}/{info.slug}"
+    pages = f"http://{host}:{port}/features/{info.model}/{info.sae}"
     if opts.serve:
         import uvicorn
 
@@ -206,7 +202,8 @@ def run_demo(opts: DemoOptions, console: Console | None = None) -> DemoPaths:
 
         console.print(f"serving the API on http://{host}:{port} (feature pages: {pages}, REST: /v1, docs: /docs); "
                       "Ctrl-C stops it")
-        uvicorn.run(create_app(database_url=paths.database_url), host=host, port=port, log_level="warning")
+        uvicorn.run(create_app(settings, Repository.open(paths.database_url)), host=host, port=port,
+                    log_level="warning")
     else:
         console.print(f"API:        labeler serve --url {paths.database_url} --port {port}   "
                       f"then open {pages}  (or run the demo with --serve)")

@@ -1,0 +1,231 @@
+"""The one way jobs run: create (reusing finished work), run chunks in-process or queue them,
+retry failures, cancel, follow.  The CLI, the API, Celery workers, the demo and the eval
+harness all go through a ``Runner``.
+
+Delivery is at-least-once (a queued chunk can be redelivered); labels are exactly-once because
+every write is idempotent and a chunk skips features its job already marked done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from typing import Callable, Iterable
+
+from labeler.core.config import Settings
+from labeler.core.errors import ConfigError, InputError
+from labeler.db import Repository
+from labeler.db.views import JobView
+from labeler.examples.store import StoreCache
+from labeler.runs.llms import LLMPool, build_stages
+from labeler.runs.spec import JobSpec, validate
+from labeler.runs.stages import ChunkResult, label_chunk
+
+ChunkSender = Callable[[int, list[int]], None]
+"""Queues one chunk of a job for a worker: ``send(job_id, features)``."""
+
+CANCEL_POLL_S = 1.0
+
+
+def chunked(features: list[int], size: int) -> list[list[int]]:
+    """Chunks of ``size``; a lone last feature joins the previous chunk, because control scores
+    take another feature's explanation from the same chunk."""
+    if size < 1:
+        raise ConfigError(f"chunk size must be >= 1 (got {size})")
+    chunks = [features[i:i + size] for i in range(0, len(features), size)]
+    if size > 1 and len(chunks) > 1 and len(chunks[-1]) == 1:
+        chunks[-2].extend(chunks.pop())
+    return chunks
+
+
+class Runner:
+    """Jobs of one database.  ``send`` queues chunks (``labeler.runs.queue.CelerySender``);
+    without it jobs run only in this process."""
+
+    def __init__(self, repo: Repository, settings: Settings, *, send: ChunkSender | None = None,
+                 stores: StoreCache | None = None):
+        self.repo = repo
+        self.settings = settings
+        self.send = send
+        self.stores = stores or StoreCache()
+        self._thread = threading.local()  # a worker thread's event loop and LLM pool
+
+    # --- creating ---------------------------------------------------------------------------
+
+    def create_job(self, spec: JobSpec, features: Iterable[int], *, reuse: bool = True) -> int:
+        """Record a job; every feature pending, or done when an earlier job with the same spec
+        on the same SAE finished it (``reuse``).  Returns the job id.
+
+        A job that only scores is never reused: its input, the explanations stored for its
+        features, can have grown since (its writes are idempotent, so rerunning costs little)."""
+        validate(spec.label, self.settings, spec.stages)
+        store = self.stores.get(spec.store)
+        features = list(dict.fromkeys(int(f) for f in features))
+        if not features:
+            raise ConfigError("the job has no features: give a non-empty --features range")
+        bad = [f for f in features if f < 0 or f >= store.n_features]
+        if bad:
+            raise ConfigError(f"feature {bad[0]} is out of range: the store has {store.n_features} features")
+        sae_id = self.repo.catalog.sae_id_for_store(store)
+        reused: dict[int, int] = {}
+        if reuse and "explain" in spec.stages:
+            earlier = self.repo.jobs.finished_elsewhere(sae_id, spec.reuse_hash)
+            reused = {f: earlier[f] for f in features if f in earlier}
+        job_id = self.repo.jobs.create(sae_id, spec.to_dict(), features, spec_hash=spec.reuse_hash, reused=reused)
+        if len(reused) == len(features):
+            self.repo.jobs.set_status(job_id, "done")
+        return job_id
+
+    def submit(self, spec: JobSpec, features: Iterable[int]) -> int:
+        """Create the job and queue its pending chunks for ``labeler worker`` processes."""
+        self._require_queue()
+        job_id = self.create_job(spec, features)
+        self._queue(job_id, self.repo.jobs.features(job_id, status="pending"), spec.chunk_size)
+        return job_id
+
+    def spec_of(self, job_id: int) -> JobSpec:
+        info = self.progress(job_id)
+        try:
+            return JobSpec.from_dict(info.spec)
+        except (ConfigError, TypeError) as e:
+            raise InputError(f"job {job_id} has no usable job spec ({e})") from None
+
+    def _require_queue(self) -> ChunkSender:
+        if self.send is None:
+            raise ConfigError("no Redis configured for the queue: set LABELER_REDIS_URL (e.g. "
+                              "redis://localhost:6379/0), or run the job in-process with `labeler label`")
+        return self.send
+
+    def _queue(self, job_id: int, features: list[int], chunk_size: int) -> int:
+        send = self._require_queue()
+        chunks = chunked(sorted(features), chunk_size) if features else []
+        for chunk in chunks:
+            send(job_id, chunk)
+        return len(chunks)
+
+    # --- running ----------------------------------------------------------------------------
+
+    async def run_chunk_async(self, job_id: int, features: list[int], pool: LLMPool, *,
+                              max_in_flight: int | None = None) -> ChunkResult:
+        """One unit of work.  A cancelled or finished job starts nothing."""
+        info = self.progress(job_id)
+        if info.status in ("cancelled", "done"):
+            return ChunkResult(not_started=list(features), cancelled=info.status == "cancelled",
+                               message=f"job {job_id} is {info.status}")
+        if info.status == "pending":
+            self.repo.jobs.set_status(job_id, "running")
+        spec = self.spec_of(job_id)
+        stages = build_stages(spec.label, pool, explain="explain" in spec.stages, score="score" in spec.stages)
+        result = await label_chunk(
+            self.stores.get(spec.store), [int(f) for f in features], stages, self.repo, int(info.sae_id),
+            job_id=job_id, control=spec.label.control, seed=spec.label.seed,
+            max_in_flight=max_in_flight or 2 * self.settings.llm_concurrency,
+            should_cancel=self._cancel_probe(job_id))
+        self._finish_if_complete(job_id)
+        return result
+
+    def run_chunk(self, job_id: int, features: list[int]) -> ChunkResult:
+        """``run_chunk_async`` on this thread's own event loop and LLM pool, kept between chunks so
+        connections to the endpoints stay open (a Celery worker thread calls this)."""
+        loop = getattr(self._thread, "loop", None)
+        if loop is None or loop.is_closed():
+            loop = self._thread.loop = asyncio.new_event_loop()
+            self._thread.pool = LLMPool(self.settings)
+        asyncio.set_event_loop(loop)
+        return loop.run_until_complete(self.run_chunk_async(job_id, features, self._thread.pool))
+
+    def run(self, job_id: int, *, on_chunk: Callable[[ChunkResult], None] | None = None) -> JobView:
+        """Run the job's pending features here, several chunks at once so the LLM concurrency
+        is used as fully as in a worker; returns the job's state afterwards."""
+        spec = self.spec_of(job_id)
+        chunks = chunked(self.repo.jobs.features(job_id, status="pending"), spec.chunk_size)
+        parallel = max(1, self.settings.llm_concurrency // spec.chunk_size)
+
+        async def main() -> None:
+            pool = LLMPool(self.settings)
+            sem = asyncio.Semaphore(parallel)
+
+            async def one(chunk: list[int]) -> None:
+                async with sem:
+                    res = await self.run_chunk_async(job_id, chunk, pool)
+                if on_chunk is not None:
+                    on_chunk(res)
+
+            try:
+                await asyncio.gather(*(one(c) for c in chunks))
+            finally:
+                await pool.aclose()  # this loop ends here: close its connections first
+
+        if chunks:
+            asyncio.run(main())
+        self._finish_if_complete(job_id)
+        return self.progress(job_id)
+
+    def _cancel_probe(self, job_id: int) -> Callable[[], bool]:
+        """Reads the job status at most once a second."""
+        last = [0.0, False]
+
+        def probe() -> bool:
+            now = time.monotonic()
+            if not last[1] and now - last[0] >= CANCEL_POLL_S:
+                last[0] = now
+                last[1] = self.repo.jobs.status(job_id) == "cancelled"
+            return bool(last[1])
+
+        return probe
+
+    def _finish_if_complete(self, job_id: int) -> bool:
+        """Mark the job done when no feature is pending (failures count as finished)."""
+        info = self.progress(job_id)
+        if info.finished:
+            return info.status == "done"
+        if info.counts.get("pending", 0) == 0:
+            self.repo.jobs.set_status(job_id, "done")
+            return True
+        return False
+
+    # --- control ----------------------------------------------------------------------------
+
+    def retry_failed(self, job_id: int, *, queued: bool) -> list[int]:
+        """A new attempt at the job's failed features (same job id), queued or run here."""
+        failed = self.repo.jobs.features(job_id, status="failed")
+        if not failed:
+            return []
+        spec = self.spec_of(job_id)
+        validate(spec.label, self.settings, spec.stages)
+        if queued:
+            self._require_queue()
+        # Back to pending first, so the job does not count as finished while the retries run.
+        for f in failed:
+            self.repo.jobs.mark_feature(job_id, f, "pending")
+        self.repo.jobs.set_status(job_id, "running")
+        if queued:
+            self._queue(job_id, failed, spec.chunk_size)
+        else:
+            self.run(job_id)
+        return failed
+
+    def cancel(self, job_id: int) -> JobView:
+        """Stop the job: queued chunks skip on start, running chunks start no new feature."""
+        if self.progress(job_id).status != "done":
+            self.repo.jobs.set_status(job_id, "cancelled")
+        return self.progress(job_id)
+
+    def progress(self, job_id: int, *, max_errors: int = 20) -> JobView:
+        """Status, counts (done / failed / pending / reused), tokens, cost and failure reasons."""
+        info = self.repo.jobs.info(job_id, max_errors=max_errors)
+        if info is None:
+            raise InputError(f"no job {job_id} in {self.repo!r}: see `labeler jobs` for the list")
+        return info
+
+    def wait(self, job_id: int, *, timeout_s: float = 120.0, poll_s: float = 0.25) -> JobView:
+        """Poll until the job is done or cancelled (tests, ``labeler submit --wait``)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            info = self.progress(job_id)
+            if info.finished:
+                return info
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"job {job_id} not finished after {timeout_s}s: {info.counts}")
+            time.sleep(poll_s)
