@@ -15,7 +15,18 @@ Split = Literal["train", "valid", "test"]
 its window id.  Explainers only ever see ``train``; best-of-N reranking uses ``valid``;
 scores are computed on ``test``.  So held-out and explainer examples never share a window."""
 
-ExampleKind = Literal["top", "quantile", "random", "nonactivating"]
+ExampleKind = Literal["top", "quantile", "sample", "random", "nonactivating", "hard_negative"]
+"""What an example is, for the feature it belongs to:
+
+- ``top``: the exact top-K windows by max activation (descending).
+- ``quantile``: activating windows stratified across activation quantiles (``quantile`` = stratum).
+- ``sample``: a uniform random sample of the windows where the feature fires.
+- ``random``: random windows of the corpus, whether the feature fires or not (zeros included),
+  the same windows for every feature: the literature's "random" held-out set.
+- ``nonactivating``: random windows where the feature never fires.
+- ``hard_negative``: windows that resemble activating ones (share their tokens, or activate a
+  neighbouring feature) but where this feature does not fire.
+"""
 
 
 @dataclass
@@ -26,7 +37,7 @@ class ActivationExample:
     tokens: list[str]  # token strings, as the subject model's tokenizer splits the text
     activations: list[float]  # raw activations, same length as tokens
     split: Split = "train"
-    kind: ExampleKind = "top"
+    kind: ExampleKind = "top"  # see ExampleKind
     quantile: int | None = None  # for kind == "quantile": 0 = lowest activation stratum
     token_ids: list[int] | None = None
 

@@ -208,7 +208,7 @@ class FeatureStore:
             r_key, r_win, r_max, r_acts = (get(f"{split}/random/{x}") for x in ("key", "win", "max", "acts"))
             if r_win is not None:
                 order = [j for j in np.argsort(-r_key, kind="stable") if r_win[j] >= 0]
-                random_ex = [self._example(r_win[j], r_acts[j], split, "random") for j in order]
+                random_ex = [self._example(r_win[j], r_acts[j], split, "sample") for j in order]
                 maxes = np.asarray([r_max[j] for j in order], dtype=np.float64)
                 for pos, q in quantile_strata(maxes, n_q, per_q):
                     e = random_ex[pos]

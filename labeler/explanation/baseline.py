@@ -49,7 +49,7 @@ class BaselineExplainer(Explainer):
     def explain_sync(self, record: FeatureRecord) -> Explanation:
         o = self.options
         top = [e for e in record.select("train", "top", "quantile") if e.max_activation > 0][: int(o["n_examples"])]
-        background = record.select("train", "random", "nonactivating")
+        background = record.select("train", "sample", "nonactivating")
         desc = f"baseline token statistics {ALGORITHM_VERSION}: {json.dumps(self.config, sort_keys=True)}"
         exp = Explanation(feature=record.feature, text="", explainer=self.name, llm_model=None,
                           prompt_name="baseline", prompt_version=ALGORITHM_VERSION,

@@ -67,7 +67,7 @@ def token_pairs(tokens: list[str], levels: list[int]) -> str:
     return ", ".join(pairs) if pairs else "(none)"
 
 
-def pick_train(record: FeatureRecord, n: int, kinds: tuple[str, ...] = ("top", "quantile", "random")) -> list[ActivationExample]:
+def pick_train(record: FeatureRecord, n: int, kinds: tuple[str, ...] = ("top", "quantile", "sample")) -> list[ActivationExample]:
     """The first ``n`` train examples, taking kinds in order (top first), activating ones only."""
     out: list[ActivationExample] = []
     for kind in kinds:

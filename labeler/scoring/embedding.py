@@ -92,7 +92,7 @@ class EmbeddingScorer(Scorer):
 
     async def _score(self, record: FeatureRecord, explanation: str, split: str, result: ScoreResult) -> None:
         o = self.options
-        pos = held_out(record, split, "top", o.n_top) + held_out(record, split, "random", o.n_random)
+        pos = held_out(record, split, "top", o.n_top) + held_out(record, split, "sample", o.n_random)
         neg = held_out(record, split, "nonactivating", o.n_nonactivating)
         examples = pos + neg
         result.example_windows = [e.window for e in examples]

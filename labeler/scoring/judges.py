@@ -142,7 +142,7 @@ class DetectionScorer(_JudgeScorer):
 
     def items(self, record: FeatureRecord, split: str, rng: random.Random) -> list[_Item]:
         o = self.options
-        pos = held_out(record, split, "top", o.n_top) + held_out(record, split, "random", o.n_random)
+        pos = held_out(record, split, "top", o.n_top) + held_out(record, split, "sample", o.n_random)
         neg = held_out(record, split, "nonactivating", o.n_nonactivating)
         return ([_Item(e, json.dumps(context_text(e), ensure_ascii=False), 1.0) for e in pos]
                 + [_Item(e, json.dumps(context_text(e), ensure_ascii=False), 0.0) for e in neg])
@@ -202,7 +202,7 @@ class FuzzingScorer(_JudgeScorer):
 
     def items(self, record: FeatureRecord, split: str, rng: random.Random) -> list[_Item]:
         o = self.options
-        examples = held_out(record, split, "top", o.n_top) + held_out(record, split, "random", o.n_random)
+        examples = held_out(record, split, "top", o.n_top) + held_out(record, split, "sample", o.n_random)
         return fuzzing_items(examples, o.highlight_fraction, rng)
 
     def summarise(self, items, answers, soft, result):
@@ -225,7 +225,7 @@ class RubricScorer(_JudgeScorer):
 
     def items(self, record: FeatureRecord, split: str, rng: random.Random) -> list[_Item]:
         o = self.options
-        examples = (held_out(record, split, "top", o.n_top) + held_out(record, split, "random", o.n_random)
+        examples = (held_out(record, split, "top", o.n_top) + held_out(record, split, "sample", o.n_random)
                     + held_out(record, split, "nonactivating", o.n_nonactivating))
         return [_Item(e, json.dumps(context_text(e), ensure_ascii=False), e.max_activation) for e in examples]
 

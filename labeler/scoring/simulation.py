@@ -234,7 +234,7 @@ class SimulationScorer(Scorer):
 
     def select(self, record: FeatureRecord, split: str) -> list[ActivationExample]:
         o = self.options
-        return held_out(record, split, "top", o.n_top) + held_out(record, split, "random", o.n_random)
+        return held_out(record, split, "top", o.n_top) + held_out(record, split, "sample", o.n_random)
 
     async def _score(self, record: FeatureRecord, explanation: str, split: str, result: ScoreResult) -> None:
         examples = [e for e in self.select(record, split) if e.tokens]
@@ -250,7 +250,9 @@ class SimulationScorer(Scorer):
         else:
             mode = "logprobs" if await self.want_logprobs() else "json"
             predictions = await self._simulate(explanation, sequences, mode, result)
-        out = metrics.score_simulation([e.activations for e in examples], predictions, [e.kind for e in examples])
+        # the metric's groups are the literature's: top sequences vs the rest of the held-out set
+        roles = ["top" if e.kind == "top" else "random" for e in examples]
+        out = metrics.score_simulation([e.activations for e in examples], predictions, roles)
         result.value = out["pearson"]
         result.metrics = {k: v for k, v in out.items() if k != "undefined"}
         result.details.update({

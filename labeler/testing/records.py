@@ -33,7 +33,7 @@ def make_feature_record(
     examples: list[ActivationExample] = []
     window = feature * 100_000
     for split in splits:
-        for kind, n in (("top", n_top), ("random", n_random), ("nonactivating", n_nonactivating)):
+        for kind, n in (("top", n_top), ("sample", n_random), ("nonactivating", n_nonactivating)):
             for j in range(n):
                 tokens = [" " + rng.choice(_WORDS) for _ in range(ctx_len)]
                 acts = [0.0] * ctx_len

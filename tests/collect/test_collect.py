@@ -59,7 +59,7 @@ def check_against_brute_force(store: FeatureStore, acts: np.ndarray, features) -
             # random: the K activating windows with the largest hash key (a uniform sample)
             keys = mix(mix(active % 2_147_483_647) ^ mix(np.int64(f) * 31 + 977 + seed))
             expect_r = active[np.argsort(-keys, kind="stable")][: sizes["random"]]
-            rnd = rec.select(s, "random")
+            rnd = rec.select(s, "sample")
             assert sorted(e.window for e in rnd) == sorted(expect_r.tolist())
             for e in rnd:
                 np.testing.assert_allclose(e.activations, acts[e.window, :, f], rtol=2e-3, atol=2e-3)

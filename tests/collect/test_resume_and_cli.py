@@ -137,7 +137,7 @@ def test_inspect_views(inputs, corpus, gpt2_topk_sae, tmp_path, capsys):
     code, text = run_cli(["inspect", str(out), "--feature", str(f), "--json"], capsys)
     rec = json.loads(text)
     assert code == 0 and rec["feature"] == f and rec["stats"]["count"] > 0
-    assert {e["kind"] for e in rec["examples"]} >= {"top", "random"}
+    assert {e["kind"] for e in rec["examples"]} >= {"top", "sample"}
     code, text = run_cli(["inspect", str(out), "--feature", str(f)], capsys)
     assert code == 0 and f"feature {f}" in text and "max" in text
     code, text = run_cli(["inspect", str(out), "--feature", "999"], capsys)

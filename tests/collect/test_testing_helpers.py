@@ -15,7 +15,7 @@ def test_make_tiny_store_gives_usable_features(tmp_path):
     rec = store.feature(int(stats["count"].argmax()))
     for split in ("train", "valid", "test"):
         assert rec.select(split, "top"), split
-    assert rec.select("train", "random") and rec.select("test", "nonactivating")
+    assert rec.select("train", "sample") and rec.select("test", "nonactivating")
     top = rec.select("train", "top")
     assert [e.max_activation for e in top] == sorted((e.max_activation for e in top), reverse=True)
     assert rec.promoted_tokens

@@ -59,7 +59,7 @@ def test_baseline_vocabulary_rules():
 
 def test_baseline_negative_activations_scored_raw():
     ex = [ActivationExample(window=i, tokens=[" a", " bridge", " b"], activations=acts, split="test", kind=k)
-          for i, (acts, k) in enumerate([([-1.0, 4.0, -0.5], "top"), ([-2.0, 1.0, -2.0], "random")])]
+          for i, (acts, k) in enumerate([([-1.0, 4.0, -0.5], "top"), ([-2.0, 1.0, -2.0], "sample")])]
     rec = FeatureRecord(feature=0, stats=FeatureStats(), examples=ex)
     import asyncio
     res = asyncio.run(get_scorer("simulation").score(rec, EXPLANATION))

@@ -17,10 +17,14 @@ import torch
 
 from labeler.core.errors import InputError
 
+ENCODE_BLOCK = 16384
+"""Features per block when encoding: bounds the [tokens, block] pre-activation buffer."""
+
 
 @dataclass
 class Encoded:
-    """Feature activations of N tokens: ``dense`` [N, F] or ``values``/``indices`` [N, k]."""
+    """Feature activations of N tokens: ``dense`` [N, F] or ``values``/``indices`` [N, k]
+    (sparse form: a value of 0 means "no feature here", its index is meaningless)."""
 
     n_features: int
     dense: torch.Tensor | None = None
@@ -31,7 +35,9 @@ class Encoded:
         if self.dense is not None:
             return self.dense
         out = torch.zeros(self.values.shape[0], self.n_features, dtype=self.values.dtype, device=self.values.device)
-        return out.scatter_(1, self.indices, self.values)
+        # add, not assign: a range-restricted TopK result pads with value 0 at index 0, which may
+        # also hold a real value
+        return out.scatter_add_(1, self.indices, self.values)
 
 
 @dataclass
@@ -81,16 +87,52 @@ class Encoder:
         return x
 
     @torch.inference_mode()
-    def encode(self, x: torch.Tensor) -> Encoded:
+    def encode(self, x: torch.Tensor, features: tuple[int, int] | None = None, *,
+               block: int = ENCODE_BLOCK) -> Encoded:
+        """Activations of features ``[a, b)`` (default: all) for inputs x [N, d_in].
+
+        The pre-activations are computed ``block`` features at a time, so no [N, F] tensor of a
+        wide SAE is ever made: dense architectures return [N, b - a]; TopK finds the global top
+        k block by block and keeps the winners inside the range (indices relative to ``a``,
+        others as value 0 at index 0)."""
+        a, b = features if features is not None else (0, self.n_features)
+        if not 0 <= a < b <= self.n_features:
+            raise ValueError(f"feature range [{a}, {b}) is not inside [0, {self.n_features})")
         if self.architecture == "neurons":
-            return Encoded(self.n_features, dense=x.float())
-        pre = torch.addmm(self.b_enc, self.preprocess(x), self.W_enc)
+            return Encoded(b - a, dense=x.float()[:, a:b])
+        xp = self.preprocess(x)
         if self.architecture == "topk":
-            vals, idx = torch.topk(pre, self.k, dim=-1, sorted=False)
-            return Encoded(self.n_features, values=vals.clamp_min_(0), indices=idx)
-        if self.architecture == "jumprelu":
-            return Encoded(self.n_features, dense=pre.clamp_min(0) * (pre > self.threshold))
-        return Encoded(self.n_features, dense=pre.clamp_min_(0))
+            vals, idx = self._topk_blocks(xp, block)
+            if (a, b) != (0, self.n_features):
+                inside = (idx >= a) & (idx < b)
+                vals, idx = torch.where(inside, vals, 0.0), torch.where(inside, idx - a, 0)
+            return Encoded(b - a, values=vals, indices=idx)
+        out = torch.empty(xp.shape[0], b - a, dtype=xp.dtype, device=xp.device)
+        for s in range(a, b, block):
+            e = min(s + block, b)
+            pre = torch.addmm(self.b_enc[s:e], xp, self.W_enc[:, s:e])
+            if self.architecture == "jumprelu":
+                pre = pre.clamp_min(0) * (pre > self.threshold[s:e])
+            else:
+                pre = pre.clamp_min_(0)
+            out[:, s - a:e - a] = pre
+        return Encoded(b - a, dense=out)
+
+    def _topk_blocks(self, xp: torch.Tensor, block: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The top ``k`` pre-activations over all features, merged block by block."""
+        vals = idx = None
+        for s in range(0, self.n_features, block):
+            e = min(s + block, self.n_features)
+            pre = torch.addmm(self.b_enc[s:e], xp, self.W_enc[:, s:e])
+            bv, bi = torch.topk(pre, min(self.k, e - s), dim=-1, sorted=False)
+            bi = bi + s
+            if vals is None:
+                vals, idx = bv, bi
+            else:
+                both_v, both_i = torch.cat([vals, bv], dim=-1), torch.cat([idx, bi], dim=-1)
+                vals, pos = torch.topk(both_v, min(self.k, both_v.shape[-1]), dim=-1, sorted=False)
+                idx = both_i.gather(-1, pos)
+        return vals.clamp_min_(0), idx
 
     def unit_decoder(self) -> torch.Tensor | None:
         if self.W_dec is None:

@@ -143,7 +143,7 @@ def feature_page(request: Request, repo: RepoDep, stores: StoresDep, model: str,
     if store is not None and 0 <= index < store.n_features:
         rec = store.feature(index)
         top_ctx = contexts(rec, ("top",), 10)
-        sampled_ctx = contexts(rec, ("quantile", "random"), 10)
+        sampled_ctx = contexts(rec, ("quantile", "sample"), 10)
     neighbours = nearest_features(store, index)
     labels = repo.reads.labels_for(info.id, [i for i, _ in neighbours])
     return templates.TemplateResponse(request, "feature.html", {
