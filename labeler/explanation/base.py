@@ -7,6 +7,7 @@ from typing import Any, ClassVar, TypeVar
 from labeler.core.errors import ConfigError, LLMError
 from labeler.core.prompts import PromptTemplate, load_prompt
 from labeler.explanation import formatting as fmt
+from labeler.llm.types import RejectedAnswer
 from labeler.records import ActivationExample, Explanation, FeatureRecord, LLMUsage
 
 
@@ -116,23 +117,32 @@ class LLMExplainer(Explainer):
             exp.failed, exp.error = True, "no activating train examples to show"
             return exp
         reason = ""
+
+        def validate(resp: Any) -> None:
+            if resp.truncated:
+                raise ValueError(f"answer cut off at max_tokens={self.options['max_tokens']} (finish_reason=length)")
+            text, why = self.parse(resp.text)
+            if not text:
+                raise ValueError(why)
+
         for attempt in range(int(self.options["retries"]) + 1):
             salt = cache_salt if attempt == 0 else f"{cache_salt or ''}|retry{attempt}"
             try:
                 resp = await self.llm.chat(messages, max_tokens=int(self.options["max_tokens"]),
-                                           temperature=float(self.options["temperature"]), cache_salt=salt)
+                                           temperature=float(self.options["temperature"]), cache_salt=salt,
+                                           validate=validate)
             except LLMError as e:  # the client already retried transient failures
                 exp.failed, exp.error, exp.raw = True, f"LLM call failed ({e.kind}): {e}", e.raw
                 return exp
+            except RejectedAnswer as rejected:  # unusable: never cached, asked again
+                exp.usage.add(rejected.response.usage)
+                exp.raw = rejected.response.text
+                reason = str(rejected.error)
+                continue
             exp.usage.add(resp.usage)
             exp.raw = resp.text
-            if resp.truncated:
-                reason = f"answer cut off at max_tokens={self.options['max_tokens']} (finish_reason=length)"
-                continue
-            text, reason = self.parse(resp.text)
-            if text:
-                exp.text = text
-                return exp
+            exp.text = self.parse(resp.text)[0]
+            return exp
         exp.failed = True
         exp.error = f"unparseable answer after {int(self.options['retries']) + 1} attempt(s): {reason}"
         return exp

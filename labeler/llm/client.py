@@ -26,7 +26,7 @@ import weakref
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import openai
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
@@ -36,7 +36,7 @@ from labeler.core.errors import BudgetExceeded, LLMError
 from labeler.llm.cache import ResponseCache, request_key
 from labeler.llm.pricing import cost_usd, load_prices
 from labeler.llm.ratelimit import RateLimiter, make_limiter
-from labeler.llm.types import LLMResponse, TokenLogprob
+from labeler.llm.types import LLMResponse, RejectedAnswer, TokenLogprob
 from labeler.records import LLMUsage
 
 log = logging.getLogger(__name__)
@@ -250,9 +250,14 @@ class LLMClient:
         *,
         cache_salt: str | None = None,
         use_cache: bool = True,
+        validate: Callable[[LLMResponse], Any] | None = None,
     ) -> LLMResponse:
         """One chat completion.  ``cache_salt`` distinguishes deliberate repeats of one request
-        (best-of-N candidates, retries after an unusable answer) so each gets its own cache entry."""
+        (best-of-N candidates, retries after an unusable answer) so each gets its own cache entry.
+
+        ``validate(response)`` raises when the answer is unusable (the caller's parser): such an
+        answer is never cached and ``RejectedAnswer`` (with the answer and the parser's error)
+        reaches the caller; a cached answer that fails it is dropped and asked for again."""
         params: dict[str, Any] = {"model": self.model, "messages": messages, "max_tokens": max_tokens,
                                   "temperature": temperature}
         if logprobs:
@@ -268,8 +273,10 @@ class LLMClient:
             resp.cached = True
             resp.usage = LLMUsage(calls=1, prompt_tokens=resp.usage.prompt_tokens,
                                   completion_tokens=resp.usage.completion_tokens, cost_usd=0.0, cached_calls=1)
-            self._add_usage(resp.usage)
-            return resp
+            if _passes(validate, resp):
+                self._add_usage(resp.usage)
+                return resp
+            cache.delete(key)
 
         self.spend.check(self.budget_usd)
         async with _process_semaphore(self.concurrency):
@@ -279,6 +286,11 @@ class LLMClient:
                                        self._prices)
         self.spend.add(resp.usage.cost_usd)
         self._add_usage(resp.usage)
+        if validate is not None:
+            try:
+                validate(resp)
+            except Exception as e:  # whatever the caller's parser raises: do not keep this answer
+                raise RejectedAnswer(resp, e) from e
         if cache is not None:
             cache.put(key, self.model, resp.to_dict())
         return resp
@@ -357,6 +369,16 @@ class LLMClient:
 
     def describe(self) -> dict[str, Any]:
         return {"model": self.model, "base_url": self.base_url, "role": self.role, "cache": self.cache}
+
+
+def _passes(validate: Callable[[LLMResponse], Any] | None, resp: LLMResponse) -> bool:
+    if validate is None:
+        return True
+    try:
+        validate(resp)
+    except Exception:  # whatever the caller's parser raises: the cached answer is unusable
+        return False
+    return True
 
 
 def get_llm(role: str, settings: Settings | None = None, model: str | None = None, **overrides: Any) -> LLMClient | None:

@@ -44,3 +44,14 @@ class LLMResponse:
             model=d.get("model", ""),
             finish_reason=d.get("finish_reason"),
         )
+
+
+class RejectedAnswer(Exception):
+    """The endpoint answered, but the caller's ``validate`` rejected the answer (it was not cached).
+
+    ``response`` is the answer (its usage was spent), ``error`` what ``validate`` raised."""
+
+    def __init__(self, response: LLMResponse, error: Exception):
+        super().__init__(str(error))
+        self.response = response
+        self.error = error

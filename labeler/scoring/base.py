@@ -14,6 +14,7 @@ from typing import Any, ClassVar, TypeVar
 
 from labeler.core.errors import BudgetExceeded, ConfigError, LLMError
 from labeler.core.prompts import PromptTemplate, load_prompt
+from labeler.llm.types import RejectedAnswer
 from labeler.records import ActivationExample, FeatureRecord, LLMUsage, ScoreResult
 
 T = TypeVar("T")
@@ -133,44 +134,51 @@ class Scorer(ABC):
         return supported
 
     async def _chat(self, messages: list[dict[str, str]], max_tokens: int, logprobs: bool,
-                    response_format: dict | None):
+                    response_format: dict | None, validate: Callable[[Any], Any]):
         """One call; an endpoint that rejects ``response_format`` is asked again without it (and
         never again with it): the answer is validated by our parser either way."""
         if response_format is not None and getattr(self, "_no_response_format", False):
             response_format = None
         try:
             return await self.llm.chat(messages, max_tokens=max_tokens, temperature=0.0, logprobs=logprobs,
-                                       top_logprobs=20 if logprobs else None, response_format=response_format)
+                                       top_logprobs=20 if logprobs else None, response_format=response_format,
+                                       validate=validate)
         except LLMError as e:
             if response_format is None or e.kind not in ("http_400", "http_422"):
                 raise
             self._no_response_format = True
             return await self.llm.chat(messages, max_tokens=max_tokens, temperature=0.0, logprobs=logprobs,
-                                       top_logprobs=20 if logprobs else None)
+                                       top_logprobs=20 if logprobs else None, validate=validate)
 
     async def ask(self, messages: list[dict[str, str]], parse: Callable[[Any], T], usage: LLMUsage, *,
                   max_tokens: int, logprobs: bool = False, response_format: dict | None = None,
                   attempts_log: list | None = None) -> T:
         """One LLM request whose answer must pass ``parse(response)``.
 
-        A malformed answer is retried up to ``max_parse_retries`` times, each time showing the
-        model its previous answer and what was wrong (which also keeps a response cache from
-        replaying the same bad answer).  LLMError after the client's own retries -> ScoringFailed.
+        The client caches only answers that parse.  A malformed answer is retried up to
+        ``max_parse_retries`` times, each time showing the model its previous answer and what was
+        wrong.  LLMError after the client's own retries -> ScoringFailed.
         """
         convo = list(messages)
         last_error = ""
+        parsed: list[T] = []
+
+        def validate(resp: Any) -> None:
+            parsed[:] = [parse(resp)]
+
         for attempt in range(self.options.max_parse_retries + 1):
             try:
-                resp = await self._chat(convo, max_tokens, logprobs, response_format)
+                resp = await self._chat(convo, max_tokens, logprobs, response_format, validate)
             except BudgetExceeded:
                 raise
             except LLMError as e:
                 raise ScoringFailed(f"LLM call failed ({e.kind}): {e}") from None
-            usage.add(resp.usage)
-            try:
-                return parse(resp)
-            except MalformedAnswer as e:
-                last_error = str(e)
+            except RejectedAnswer as rejected:
+                if not isinstance(rejected.error, MalformedAnswer):
+                    raise rejected.error from None
+                resp = rejected.response
+                usage.add(resp.usage)
+                last_error = str(rejected.error)
                 if getattr(resp, "finish_reason", None) == "length":
                     last_error += " (the answer was cut off at the token limit)"
                     max_tokens *= 2  # asking again with the same limit would cut it off again
@@ -181,6 +189,9 @@ class Scorer(ABC):
                     {"role": "user", "content": f"That answer is malformed: {last_error}. "
                                                 f"Answer again, exactly in the requested format."},
                 ]
+                continue
+            usage.add(resp.usage)
+            return parsed[0] if parsed else parse(resp)
         raise ScoringFailed(
             f"malformed LLM answer after {self.options.max_parse_retries + 1} attempt(s): {last_error}",
             {"malformed_attempts": attempts_log or []},

@@ -211,3 +211,35 @@ def test_get_llm_is_none_offline_and_per_role(monkeypatch):
     sim = get_llm("simulator")
     assert isinstance(sim, LLMClient) and sim.base_url == "http://127.0.0.1:9/v1" and sim.model == "sim-model"
     assert get_llm("simulator", model="other").model == "other"
+
+
+async def test_an_answer_the_caller_rejects_is_never_cached(server, make_llm):
+    from labeler.llm.types import RejectedAnswer
+
+    msgs = [{"role": "user", "content": "Say something."}]
+
+    def reject(resp):
+        raise ValueError("not what I asked for")
+
+    server.script("garbage")
+    with pytest.raises(RejectedAnswer) as info:
+        await make_llm().chat(msgs, validate=reject)
+    assert info.value.response.text == "garbage" and "not what I asked" in str(info.value.error)
+    server.script("a good answer")
+    resp = await make_llm().chat(msgs, validate=lambda r: None)  # a new client, the same cache file
+    assert not resp.cached and resp.text == "a good answer" and server.stats["chat"] == 2
+    assert (await make_llm().chat(msgs)).cached  # a usable answer is kept
+
+
+async def test_a_cached_answer_that_fails_validation_is_asked_again(server, make_llm):
+    msgs = [{"role": "user", "content": "Say something."}]
+    server.script("old bad answer")
+    await make_llm().chat(msgs)  # cached without a check (as answers were before validation)
+    server.script("fresh answer")
+
+    def must_be_fresh(resp):
+        if resp.text != "fresh answer":
+            raise ValueError("stale")
+
+    resp = await make_llm().chat(msgs, validate=must_be_fresh)
+    assert resp.text == "fresh answer" and not resp.cached and server.stats["chat"] == 2
