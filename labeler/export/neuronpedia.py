@@ -63,7 +63,8 @@ def write_lines(path: Path, lines: list[dict[str, Any]], *, gz: bool) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     text = "".join(dumps(r) + "\n" for r in lines)
     if gz:
-        path.write_bytes(gzip.compress(text.encode("utf-8"), compresslevel=5))  # as Neuronpedia's exporter
+        # Neuronpedia's compression level; mtime 0, so the same export gives the same bytes
+        path.write_bytes(gzip.compress(text.encode("utf-8"), compresslevel=5, mtime=0))
     else:
         path.write_text(text, encoding="utf-8")
 

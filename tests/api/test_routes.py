@@ -138,27 +138,6 @@ def test_search(api):
     assert client.get("/v1/search", params={"q": '"( AND'}).status_code == 200
 
 
-def test_export(api):
-    client, repo, sae_id = api
-    b = base(repo, sae_id)
-    r = client.get(f"/v1/export/{b}")
-    assert r.status_code == 200 and r.headers["content-type"].startswith("application/x-ndjson")
-    rows = [json.loads(line) for line in r.text.splitlines()]
-    assert [x["index"] for x in rows] == list(range(16))
-    assert rows[2]["label"] == "Python function definitions" and rows[2]["prompt_version"] == "v1"
-    labeled = [json.loads(line) for line in client.get(f"/v1/export/{b}", params={"labeled_only": True}).text.splitlines()]
-    assert [x["index"] for x in labeled] == [1, 2, 3]
-    r = client.get(f"/v1/export/{b}", params={"format": "neuronpedia", "neuronpedia_model_id": "gpt2-small",
-                                              "neuronpedia_source": "0-res-test"})
-    np_rows = [json.loads(line) for line in r.text.splitlines()]
-    assert len(np_rows) == 3
-    assert np_rows[0] == {"modelId": "gpt2-small", "layer": "0-res-test", "index": "1",
-                          "description": "the Golden Gate Bridge and other bridges", "explanationModelName": "gpt-x",
-                          "typeName": "labeler-highlighted", "scores": [{"method": "simulation", "value": 0.1}]}
-    assert client.get(f"/v1/export/{b}", params={"format": "csv"}).status_code == 422
-    assert client.get("/v1/export/a/b").status_code == 404
-
-
 def test_jobs_need_the_write_key(api):
     client, repo, sae_id = api
     info = repo.catalog.sae(sae_id)

@@ -1,8 +1,8 @@
--- Minimal Neuronpedia tables for an import test DB. Hand-derived (not copied) from hijohnnylin/neuronpedia
--- apps/webapp/prisma/schema.prisma + all 66 prisma migrations (HEAD ebb8426f). Verified: applied to PG 15 and
--- information_schema.columns (name/type/nullability/default) identical to a DB built from the real migrations.
--- Omitted on purpose: ExplanationModelSettings FK, non-unique indexes other than the two the importer benefits from,
--- pgvector. "Explanation"."embedding" is vector(256) upstream (needs CREATE EXTENSION vector); text here.
+-- Minimal Neuronpedia tables for the import test database, written by hand from Neuronpedia's published
+-- schema (apps/webapp/prisma/schema.prisma and its migrations): the columns, NOT NULL columns, defaults,
+-- unique keys and foreign keys of the tables its import touches.  Omitted: the ExplanationModelSettings
+-- foreign key, indexes the import does not need, and pgvector ("Explanation"."embedding" is vector(256)
+-- upstream; text here, and labeler exports no embeddings).
 CREATE TYPE "Visibility" AS ENUM ('PUBLIC', 'UNLISTED', 'PRIVATE');
 CREATE TABLE "User" (
   "id" text PRIMARY KEY,
