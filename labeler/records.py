@@ -129,10 +129,11 @@ class FeatureRecord:
 @dataclass
 class LLMUsage:
     calls: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
+    prompt_tokens: int = 0  # includes cached_prompt_tokens
+    completion_tokens: int = 0  # includes reasoning tokens
     cost_usd: float = 0.0
-    cached_calls: int = 0
+    cached_calls: int = 0  # answered from labeler's response cache (cost 0)
+    cached_prompt_tokens: int = 0  # prompt tokens the provider served from its prompt cache (billed at a discount)
 
     def add(self, other: "LLMUsage") -> "LLMUsage":
         self.calls += other.calls
@@ -140,6 +141,7 @@ class LLMUsage:
         self.completion_tokens += other.completion_tokens
         self.cost_usd += other.cost_usd
         self.cached_calls += other.cached_calls
+        self.cached_prompt_tokens += other.cached_prompt_tokens
         return self
 
     def to_dict(self) -> dict[str, Any]:

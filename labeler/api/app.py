@@ -21,7 +21,7 @@ from labeler.runs.runner import Runner
 def create_app(settings: Settings, repo: Repository | None = None) -> FastAPI:
     """An app bound to ``repo`` (default: the database ``settings`` name)."""
     from labeler.api.deps import LazyEmbedder
-    from labeler.api.routes import features, jobs, meta, pages, search
+    from labeler.api.routes import export, features, jobs, meta, pages, search
 
     repo = repo or Repository.open(settings.resolved_database_url)
     app = FastAPI(
@@ -54,7 +54,7 @@ def create_app(settings: Settings, repo: Repository | None = None) -> FastAPI:
             "message": f"{where}: {first.get('msg', 'invalid request')}",
         })
 
-    for module in (meta, features, search, jobs, pages):
+    for module in (meta, features, export, search, jobs, pages):
         app.include_router(module.router)
     return app
 

@@ -87,13 +87,17 @@ SimModelOpt = typer.Option(None, "--simulator-model", help="simulator model")
 ScorerModelOpt = typer.Option(None, "--scorer-model", help="model for detection/fuzzing/rubric")
 ControlOpt = typer.Option(False, "--control/--no-control", help="also score another feature's explanation")
 SeedOpt = typer.Option(0, "--seed")
+LlmModeOpt = typer.Option(None, "--llm-mode", help="sync, or batch: OpenAI Batch API (half price, answers within "
+                                                   "24 h; default LABELER_LLM_MODE)")
+BudgetOpt = typer.Option(None, "--budget-usd", help="LLM budget of the whole job in USD (default "
+                                                    "LABELER_LLM_BUDGET_USD); a job that reaches it is budget_reached")
 
 
 def _run_stage(verb: str, store: Path, features: str, label: LabelSpec, stages: tuple[str, ...],
-               settings: Settings, as_json: bool) -> None:
+               settings: Settings, as_json: bool, llm_mode: str | None) -> None:
     """``labeler explain`` / ``labeler score``: a job of one stage, run here."""
     runner = _runner(settings)
-    spec = make_job_spec(store, label, settings, stages=stages)
+    spec = make_job_spec(store, label, settings, stages=stages, llm_mode=llm_mode)
     job_id = runner.create_job(spec, _features(runner, store, features))
     total = ChunkResult()
     for r in _run_with_progress(runner, job_id):
@@ -135,23 +139,24 @@ def _run_with_progress(runner: Runner, job_id: int) -> list[ChunkResult]:
 @app.command()
 def explain(store: Path = StoreArg, features: str = FeaturesOpt, explainer: Optional[str] = ExplainerOpt,
             llm: Optional[str] = LlmOpt, explainer_option: Optional[list[str]] = ExplainerOptionOpt,
-            seed: int = SeedOpt, as_json: bool = typer.Option(False, "--json")) -> None:
+            seed: int = SeedOpt, llm_mode: Optional[str] = LlmModeOpt,
+            as_json: bool = typer.Option(False, "--json")) -> None:
     """Explain features and save the explanations (with their cost) in the database."""
     settings = get_settings()
     label = _label_spec(explainer, llm, None, explainer_option, None, None, None, False, seed, settings)
-    _run_stage("explained", store, features, label, ("explain",), settings, as_json)
+    _run_stage("explained", store, features, label, ("explain",), settings, as_json, llm_mode)
 
 
 @app.command()
 def score(store: Path = StoreArg, features: str = FeaturesOpt, scorers: Optional[str] = ScorersOpt,
           scorer_option: Optional[list[str]] = ScorerOptionOpt, simulator_model: Optional[str] = SimModelOpt,
           scorer_model: Optional[str] = ScorerModelOpt, control: bool = ControlOpt, seed: int = SeedOpt,
-          as_json: bool = typer.Option(False, "--json")) -> None:
+          llm_mode: Optional[str] = LlmModeOpt, as_json: bool = typer.Option(False, "--json")) -> None:
     """Score every stored explanation of the features."""
     settings = get_settings()
     label = _label_spec("baseline", None, scorers, None, scorer_option, simulator_model, scorer_model, control,
                         seed, settings)
-    _run_stage("scored", store, features, label, ("score",), settings, as_json)
+    _run_stage("scored", store, features, label, ("score",), settings, as_json, llm_mode)
 
 
 @app.command()
@@ -161,10 +166,9 @@ def label(store: Path = StoreArg, features: str = FeaturesOpt, explainer: Option
           scorer_option: Optional[list[str]] = ScorerOptionOpt, simulator_model: Optional[str] = SimModelOpt,
           scorer_model: Optional[str] = ScorerModelOpt, control: bool = ControlOpt, seed: int = SeedOpt,
           retry_failed: Optional[int] = typer.Option(None, "--retry-failed", help="retry a job's failed features"),
+          llm_mode: Optional[str] = LlmModeOpt, budget_usd: Optional[float] = BudgetOpt,
           as_json: bool = typer.Option(False, "--json")) -> None:
     """Run a whole labeling job in this process (no Redis): explain, score, store."""
-    from rich.console import Console
-
     settings = get_settings()
     runner = _runner(settings)
     if retry_failed is not None:
@@ -173,13 +177,23 @@ def label(store: Path = StoreArg, features: str = FeaturesOpt, explainer: Option
         _print_job(runner.progress(retry_failed), as_json)
         return
     spec = make_job_spec(store, _label_spec(explainer, llm, scorers, explainer_option, scorer_option,
-                                            simulator_model, scorer_model, control, seed, settings), settings)
-    job_id = runner.create_job(spec, _features(runner, store, features))
-    stops = [r.message for r in _run_with_progress(runner, job_id) if r.budget_exceeded and r.message]
+                                            simulator_model, scorer_model, control, seed, settings), settings,
+                         llm_mode=llm_mode)
+    job_id = runner.create_job(spec, _features(runner, store, features), budget_usd=budget_usd)
+    _run_with_progress(runner, job_id)
     _print_job(runner.progress(job_id), as_json)
-    if stops:
-        Console(stderr=True).print(f"[yellow]{stops[0]}[/]: finished work is saved; raise "
-                                   "LABELER_LLM_BUDGET_USD and run `labeler label` again to go on", highlight=False)
+    _exit_if_budget_reached(runner.progress(job_id))
+
+
+def _exit_if_budget_reached(info: JobView) -> None:
+    """Exit 3, saying how to go on, when the job stopped at its budget."""
+    from rich.console import Console
+
+    if info.status == "budget_reached":
+        Console(stderr=True).print(
+            f"[yellow]job {info.id} reached its LLM budget[/] (spent ${info.spent_usd:.4f} of "
+            f"${info.budget_usd or 0:.4f}): finished work is saved; `labeler submit --resume {info.id} "
+            "--budget-usd X` goes on", highlight=False)
         raise typer.Exit(3)
 
 
@@ -190,6 +204,9 @@ def submit(store: Optional[Path] = typer.Option(None, "--store", help="collect s
            scorer_option: Optional[list[str]] = ScorerOptionOpt, simulator_model: Optional[str] = SimModelOpt,
            scorer_model: Optional[str] = ScorerModelOpt, control: bool = ControlOpt, seed: int = SeedOpt,
            retry_failed: Optional[int] = typer.Option(None, "--retry-failed", help="re-queue a job's failed features"),
+           resume: Optional[int] = typer.Option(None, "--resume", help="re-queue a job's pending features (e.g. "
+                                                                        "a budget_reached job, with --budget-usd)"),
+           llm_mode: Optional[str] = LlmModeOpt, budget_usd: Optional[float] = BudgetOpt,
            wait: bool = typer.Option(False, "--wait", help="wait until the job finishes"),
            as_json: bool = typer.Option(False, "--json")) -> None:
     """Queue a labeling job for `labeler worker` processes (needs LABELER_REDIS_URL)."""
@@ -199,17 +216,24 @@ def submit(store: Optional[Path] = typer.Option(None, "--store", help="collect s
         retried = runner.retry_failed(retry_failed, queued=True)
         job_id = retry_failed
         print(f"re-queued {len(retried)} failed feature(s) of job {job_id}")
+    elif resume is not None:
+        resumed = runner.resume(resume, queued=True, budget_usd=budget_usd)
+        job_id = resume
+        print(f"re-queued {len(resumed)} pending feature(s) of job {job_id}")
     else:
         if store is None:
-            raise ConfigError("give --store <dir> (or --retry-failed <job>)")
+            raise ConfigError("give --store <dir> (or --retry-failed / --resume <job>)")
         spec = make_job_spec(store, _label_spec(explainer, llm, scorers, explainer_option, scorer_option,
-                                                simulator_model, scorer_model, control, seed, settings), settings)
+                                                simulator_model, scorer_model, control, seed, settings), settings,
+                             llm_mode=llm_mode)
         idx = _features(runner, store, features)
-        job_id = runner.submit(spec, idx)
+        job_id = runner.submit(spec, idx, budget_usd=budget_usd)
         if not as_json:
             print(f"submitted job {job_id}: {len(idx)} feature(s); follow it with `labeler jobs {job_id}`")
     if wait:
-        _print_job(runner.wait(job_id, timeout_s=7 * 24 * 3600), as_json)
+        info = runner.wait(job_id, timeout_s=7 * 24 * 3600)
+        _print_job(info, as_json)
+        _exit_if_budget_reached(info)
     elif as_json:
         print(json.dumps({"job_id": job_id}))
 
@@ -257,10 +281,12 @@ def jobs_cmd(job_id: Optional[int] = typer.Argument(None, help="job id (default:
 def _job_line(info: JobView) -> str:
     c, t = info.counts, info.tokens
     name = f" {info.spec.get('name')}" if info.spec.get("name") else ""
+    budget = f" of ${info.budget_usd:.4f} budget" if info.budget_usd is not None else ""
     return (f"job {info.id}{name} [{info.model}/{info.sae}]: {info.status}  "
             f"done {c.get('done', 0)} (reused {c.get('reused', 0)})  failed {c.get('failed', 0)}  "
             f"pending {c.get('pending', 0)} / {info.n_features}  LLM calls {t.get('calls', 0)}  tokens "
-            f"{t.get('prompt', 0)} prompt + {t.get('completion', 0)} completion  cost ${info.cost_usd:.4f}")
+            f"{t.get('prompt', 0)} prompt + {t.get('completion', 0)} completion  cost ${info.cost_usd:.4f}  "
+            f"spent ${info.spent_usd:.4f}{budget}")
 
 
 def _print_job(info: JobView, as_json: bool) -> None:

@@ -78,7 +78,15 @@ class Settings(BaseSettings):
     llm_max_retries: int = 6
     llm_cache: bool = True
     llm_cache_path: Path | None = None  # default: data_dir / "llm_cache.sqlite"
-    llm_budget_usd: float | None = None
+    # Where the response cache lives when not in that file: redis://... or a database URL
+    # (e.g. the LABELER_DATABASE_URL of a PostgreSQL shared by every worker).
+    llm_cache_url: str | None = None
+    llm_budget_usd: float | None = None  # per job (every worker spends from the job's account)
+    llm_mode: str = "sync"  # sync | batch (OpenAI Batch API: half price, answers within 24 h); per job: --llm-mode
+    llm_batch_collect_s: float = 2.0  # a batch takes the requests of this many seconds after its first
+    llm_batch_poll_s: float = 30.0  # seconds between looks at a running batch
+    llm_reasoning_effort: str | None = "low"  # sent to reasoning models (o1/o3/o4/gpt-5); "" sends none
+    llm_reasoning_headroom_tokens: int = 1024  # reasoning models: max_completion_tokens = max_tokens + this
     llm_prices_file: Path | None = None  # extra price table (JSON/YAML), merged over the builtin
 
     # --- API -------------------------------------------------------------------------------

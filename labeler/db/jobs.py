@@ -22,7 +22,7 @@ from labeler.records import LLMUsage
 T_JOB = Job.__table__
 T_JOBF = JobFeature.__table__
 
-JOB_STATUSES = ("pending", "running", "cancelled", "done", "failed")
+JOB_STATUSES = ("pending", "running", "cancelled", "done", "failed", "budget_reached")
 FEATURE_STATUSES = ("pending", "done", "failed")
 INSERT_BATCH = 10_000
 
@@ -37,15 +37,16 @@ class JobLedger:
         self.db = db
 
     def create(self, sae_id: int | None, spec: dict, features: Sequence[int], *, spec_hash: str | None = None,
-               reused: dict[int, int] | None = None) -> int:
+               reused: dict[int, int] | None = None, budget_usd: float | None = None) -> int:
         """A job row plus one row per feature: pending, or done when ``reused`` names the
-        earlier job that finished it.  Returns the job id."""
+        earlier job that finished it.  ``budget_usd`` caps its LLM spend.  Returns the job id."""
         reused = reused or {}
         feats = list(dict.fromkeys(int(f) for f in features))
         now = utcnow()
         with self.db.engine.begin() as c:
             job_id = c.execute(T_JOB.insert().values(sae_id=sae_id, status="pending", spec=json_safe(spec),
-                                                     spec_hash=spec_hash, n_features=len(feats), created_at=now,
+                                                     spec_hash=spec_hash, n_features=len(feats), budget_usd=budget_usd,
+                                                     spent_usd=0.0, created_at=now,
                                                      updated_at=now).returning(T_JOB.c.id)).scalar_one()
             for start in range(0, len(feats), INSERT_BATCH):
                 c.execute(T_JOBF.insert(), [
@@ -72,14 +73,15 @@ class JobLedger:
         _check_feature_status(status)
         u = usage or LLMUsage()
         now = utcnow()
-        values = dict(job_id=job_id, feature_index=int(feature), status=status, error=clean_text(error), attempts=1,
+        outcome = int(status != "pending")  # going back to pending (a retry) is not an attempt
+        values = dict(job_id=job_id, feature_index=int(feature), status=status, error=clean_text(error), attempts=outcome,
                       calls=u.calls, prompt_tokens=u.prompt_tokens, completion_tokens=u.completion_tokens,
                       cost_usd=float(u.cost_usd), updated_at=now)
         stmt = self.db.insert(T_JOBF).values(**values)
         stmt = stmt.on_conflict_do_update(
             index_elements=["job_id", "feature_index"],
             set_={"status": stmt.excluded.status, "error": stmt.excluded.error,
-                  "attempts": T_JOBF.c.attempts + 1, "calls": stmt.excluded.calls,
+                  "attempts": T_JOBF.c.attempts + outcome, "calls": stmt.excluded.calls,
                   "prompt_tokens": stmt.excluded.prompt_tokens, "completion_tokens": stmt.excluded.completion_tokens,
                   "cost_usd": stmt.excluded.cost_usd, "updated_at": stmt.excluded.updated_at},
             where=sa.or_(T_JOBF.c.status != "done", stmt.excluded.status == "done"),
@@ -97,6 +99,29 @@ class JobLedger:
             res = c.execute(T_JOB.update().where(T_JOB.c.id == job_id).values(status=status, updated_at=utcnow()))
             if res.rowcount == 0:
                 raise InputError(f"job {job_id} does not exist")
+
+    def charge(self, job_id: int, usd: float) -> float:
+        """Add ``usd`` to the job's spend (one atomic update, whichever worker calls); returns
+        the new total."""
+        with self.db.engine.begin() as c:
+            spent = c.execute(T_JOB.update().where(T_JOB.c.id == job_id)
+                              .values(spent_usd=T_JOB.c.spent_usd + float(usd))
+                              .returning(T_JOB.c.spent_usd)).scalar_one_or_none()
+        if spent is None:
+            raise InputError(f"job {job_id} does not exist")
+        return float(spent)
+
+    def budget(self, job_id: int) -> tuple[float | None, float]:
+        """(budget, spent) of a job, in USD."""
+        with self.db.read_engine.connect() as c:
+            row = c.execute(sa.select(T_JOB.c.budget_usd, T_JOB.c.spent_usd).where(T_JOB.c.id == job_id)).first()
+        if row is None:
+            raise InputError(f"job {job_id} does not exist")
+        return row.budget_usd, float(row.spent_usd or 0.0)
+
+    def set_budget(self, job_id: int, budget_usd: float | None) -> None:
+        with self.db.engine.begin() as c:
+            c.execute(T_JOB.update().where(T_JOB.c.id == job_id).values(budget_usd=budget_usd, updated_at=utcnow()))
 
     def status(self, job_id: int) -> str:
         with self.db.read_engine.connect() as c:
@@ -142,6 +167,7 @@ class JobLedger:
             n_features=job["n_features"], counts=counts,
             tokens={"calls": int(tot[0]), "prompt": int(tot[1]), "completion": int(tot[2])}, cost_usd=float(tot[3]),
             errors=[JobError(feature=e.feature_index, error=e.error, attempts=e.attempts) for e in errors],
+            budget_usd=job["budget_usd"], spent_usd=float(job["spent_usd"] or 0.0),
             created_at=iso(job["created_at"]), updated_at=iso(job["updated_at"]),
         )
 

@@ -157,6 +157,9 @@ class Job(SQLModel, table=True):
     # the same SAE share finished features.
     spec_hash: Optional[str] = Field(default=None, sa_column=sa.Column(sa.String(64)))
     n_features: int = Field(default=0, sa_column=sa.Column(sa.Integer, nullable=False))
+    # LLM money the job may spend (None: no cap) and has spent, charged by every worker's calls.
+    budget_usd: Optional[float] = Field(default=None, sa_column=sa.Column(sa.Float))
+    spent_usd: float = Field(default=0.0, sa_column=sa.Column(sa.Float, nullable=False, server_default="0"))
     created_at: datetime = Field(default_factory=utcnow, sa_column=sa.Column(sa.DateTime, nullable=False))
     updated_at: datetime = Field(default_factory=utcnow, sa_column=sa.Column(sa.DateTime, nullable=False))
 

@@ -146,19 +146,23 @@ class JobView(BaseModel):
     sae_id: int | None
     model: str | None
     sae: str | None
-    status: str = Field(description="pending | running | cancelled | done | failed")
+    status: str = Field(description="pending | running | cancelled | done | failed | budget_reached "
+                                    "(stopped by its LLM budget: `labeler submit --resume JOB` goes on)")
     spec: dict[str, Any] = Field(description="the job spec (labeler.runs.spec.JobSpec)")
     n_features: int
     counts: dict[str, int] = Field(description="features done / failed / pending; reused: done by an earlier job")
     tokens: dict[str, int] = Field(description="LLM calls, prompt and completion tokens")
     cost_usd: float
     errors: list[JobError] = Field(default_factory=list, description="first failures with their reasons")
+    budget_usd: float | None = Field(None, description="LLM budget of the whole job (null: no cap)")
+    spent_usd: float = Field(0.0, description="LLM money spent by every worker of the job, retries included")
     created_at: str | None = None
     updated_at: str | None = None
 
     @property
     def finished(self) -> bool:
-        return self.status in ("done", "cancelled")
+        """Nothing more happens without someone acting (a budget_reached job waits for --resume)."""
+        return self.status in ("done", "cancelled", "budget_reached")
 
 
 class LabelRow(BaseModel):

@@ -1,71 +1,60 @@
 """The one LLM client: ``openai.AsyncOpenAI`` for any OpenAI-compatible endpoint, plus
 tenacity retries, a per-process concurrency cap, RPM/TPM limits (shared through Redis when
-configured), a persistent response cache, token/cost accounting and a per-process budget cap.
+configured), a persistent response cache, token/cost accounting (cached prompt tokens and the
+Batch API priced as billed), budget caps, request shapes for reasoning models, and the
+Batch API mode (``mode="batch"``: half price, answers within the provider's 24 h window).
 
     llm = get_llm("explainer")            # None when no endpoint is configured (offline)
     resp = await llm.chat(messages, max_tokens=60)
     resp.text, resp.usage, resp.cached
+    job_llm = llm.with_budget(budget)     # same connections, charges the job's budget
 
 Order of one call: cache lookup (a hit costs nothing and never waits) -> budget check ->
 concurrency slot -> budget check again -> [rate limits -> HTTP request] retried with
 exponential backoff + jitter on 429/5xx/timeouts/connection errors (Retry-After honoured,
-capped) -> cost added to the process spend -> answer cached.
+capped; a 400 naming a parameter the model refuses reshapes the request once) -> cost
+charged -> answer cached if the caller's ``validate`` accepts it.  In batch mode the request
+joins a batch instead of the concurrency slot and the HTTP request (``labeler.llm.batch``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import copy
 import functools
-import ssl
-import email.utils
 import hashlib
 import json
 import logging
+import ssl
 import threading
 import weakref
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
 import openai
+from openai.types.chat import ChatCompletion
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from labeler.core.config import Settings, get_settings
-from labeler.core.errors import BudgetExceeded, LLMError
-from labeler.llm.cache import ResponseCache, request_key
+from labeler.core.errors import LLMError
+from labeler.llm import params as shapes
+from labeler.llm.batch import BatchLineFailed, BatchOptions, BatchQueue
+from labeler.llm.budget import PROCESS_SPEND, Budget, SpendTracker
+from labeler.llm.cache import ResponseCache, cache_url, open_cache, request_key
 from labeler.llm.pricing import cost_usd, load_prices
 from labeler.llm.ratelimit import RateLimiter, make_limiter
+from labeler.llm.retry import _BadResponse, _parse_retry_after, _retryable, classify
 from labeler.llm.types import LLMResponse, RejectedAnswer, TokenLogprob
 from labeler.records import LLMUsage
 
 log = logging.getLogger(__name__)
 
-NEVER_RETRY = {400, 401, 403, 404, 422}  # these will not succeed by asking again
+MODES = ("sync", "batch")
 
 
 # --- per-process shared state -----------------------------------------------------------------
 
-class SpendTracker:
-    """Money spent by this process on LLM calls (the budget cap is checked against it)."""
-
-    def __init__(self) -> None:
-        self.spent_usd = 0.0
-        self._lock = threading.Lock()
-
-    def add(self, usd: float) -> None:
-        with self._lock:
-            self.spent_usd += usd
-
-    def check(self, cap: float | None) -> None:
-        if cap is not None and self.spent_usd >= cap:
-            raise BudgetExceeded(
-                f"LLM budget of ${cap:.4f} reached (spent ${self.spent_usd:.4f} in this process): "
-                "no new LLM calls are started; finished work is kept. Raise LABELER_LLM_BUDGET_USD to go on."
-            )
-
-
-PROCESS_SPEND = SpendTracker()
 _LOGPROB_SUPPORT: dict[tuple[str, str], bool] = {}
 _SEMAPHORES: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[int, asyncio.Semaphore]]" = (
     weakref.WeakKeyDictionary()
@@ -82,71 +71,22 @@ def _process_semaphore(limit: int) -> asyncio.Semaphore:
     return per_loop[limit]
 
 
-def _shared_cache(path: Path) -> ResponseCache:
-    key = str(Path(path).resolve())
+def _shared_cache(url: str) -> ResponseCache:
     with _CACHES_LOCK:
-        if key not in _CACHES:
-            _CACHES[key] = ResponseCache(Path(path))
-        return _CACHES[key]
+        if url not in _CACHES:
+            _CACHES[url] = open_cache(url)
+        return _CACHES[url]
 
 
 def reset_process_state() -> None:
     """Forget process spend, logprob probes and open caches (tests and long-lived workers)."""
     PROCESS_SPEND.spent_usd = 0.0
     _LOGPROB_SUPPORT.clear()
+    shapes.QUIRKS.clear()
     with _CACHES_LOCK:
         for c in _CACHES.values():
             c.close()
         _CACHES.clear()
-
-
-# --- errors ------------------------------------------------------------------------------------
-
-class _BadResponse(Exception):
-    """The endpoint answered 200 but with something that is not a usable completion."""
-
-
-def _parse_retry_after(headers: Any) -> float | None:
-    if headers is None:
-        return None
-    ms = headers.get("retry-after-ms")
-    if ms:
-        try:
-            return float(ms) / 1000.0
-        except ValueError:
-            pass
-    value = headers.get("retry-after")
-    if not value:
-        return None
-    try:
-        return float(value)
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
-
-
-def classify(exc: BaseException) -> tuple[str, bool]:
-    """(kind, retryable) for an exception raised by one attempt."""
-    if isinstance(exc, openai.APITimeoutError):
-        return "timeout", True
-    if isinstance(exc, openai.APIConnectionError):
-        return "connection", True
-    if isinstance(exc, openai.APIStatusError):
-        status = exc.status_code
-        return f"http_{status}", status not in NEVER_RETRY and (status in (408, 409, 429) or status >= 500)
-    if isinstance(exc, (_BadResponse, openai.APIResponseValidationError, json.JSONDecodeError)):
-        return "bad_response", True
-    return type(exc).__name__, False
-
-
-def _retryable(exc: BaseException) -> bool:
-    return classify(exc)[1]
 
 
 # --- the client ----------------------------------------------------------------------------------
@@ -171,21 +111,32 @@ class LLMClient:
     rate_window_s: float = 60.0  # the "minute" of rpm/tpm (tests shrink it)
     redis_url: str | None = None
     cache: bool = True
-    cache_path: Path | None = None
-    budget_usd: float | None = None
+    cache_path: Path | None = None  # the SQLite file of the cache when cache_url is not given
+    cache_url: str | None = None  # redis://... or a database URL: a cache shared by every worker
+    budget_usd: float | None = None  # the process cap, checked against ``spend``
     prices_file: Path | None = None
     backoff_initial_s: float = 1.0
     backoff_max_s: float = 30.0
     retry_after_cap_s: float = 60.0
     spend: SpendTracker = field(default_factory=lambda: PROCESS_SPEND)
+    budget: Budget | None = None  # e.g. a job's budget (``with_budget``)
+    mode: str = "sync"  # sync | batch (OpenAI Batch API)
+    batch: BatchOptions = field(default_factory=BatchOptions)
+    reasoning_effort: str | None = "low"  # sent to reasoning models (dropped if refused)
+    reasoning_headroom_tokens: int = 1024  # reasoning models: max_completion_tokens = max_tokens + this
     usage: LLMUsage = field(default_factory=LLMUsage)  # running total of this client
 
     def __post_init__(self) -> None:
-        if self.cache and self.cache_path is None:
-            self.cache_path = get_settings().resolved_llm_cache_path
-        self._cache = _shared_cache(self.cache_path) if self.cache else None  # type: ignore[arg-type]
+        if self.mode not in MODES:
+            from labeler.core.errors import ConfigError
+
+            raise ConfigError(f"LLM mode {self.mode!r} is unknown: use one of {', '.join(MODES)}")
+        if self.cache and self.cache_url is None:
+            self.cache_url = cache_url(None, self.cache_path or get_settings().resolved_llm_cache_path)
+        self._cache = _shared_cache(self.cache_url) if self.cache else None  # type: ignore[arg-type]
         self._prices = load_prices(str(self.prices_file) if self.prices_file else None)
         self._openai: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self._batches: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._usage_lock = threading.Lock()
         endpoint = hashlib.sha1(f"{self.base_url}|{self.model}".encode()).hexdigest()[:16]
         self._limiters: list[tuple[str, RateLimiter]] = []
@@ -204,10 +155,21 @@ class LLMClient:
             model=model or rs.model, base_url=rs.base_url, api_key=rs.api_key, role=role,
             timeout_s=s.llm_timeout_s, max_retries=s.llm_max_retries, concurrency=s.llm_concurrency,
             rpm=s.llm_rpm, tpm=s.llm_tpm, redis_url=s.redis_url, cache=s.llm_cache,
-            cache_path=s.resolved_llm_cache_path, budget_usd=s.llm_budget_usd, prices_file=s.llm_prices_file,
+            cache_url=cache_url(s.llm_cache_url, s.resolved_llm_cache_path), budget_usd=s.llm_budget_usd,
+            prices_file=s.llm_prices_file, mode=s.llm_mode,
+            batch=BatchOptions(collect_s=s.llm_batch_collect_s, poll_s=s.llm_batch_poll_s),
+            reasoning_effort=s.llm_reasoning_effort or None,
+            reasoning_headroom_tokens=s.llm_reasoning_headroom_tokens,
         )
         kwargs.update(overrides)
         return cls(**kwargs)
+
+    def with_budget(self, budget: Budget | None) -> "LLMClient":
+        """This client charging ``budget`` (and not the process cap): same connections, limits,
+        cache and batches; the runner hands each job's explainer and scorers one of these."""
+        clone = copy.copy(self)
+        clone.budget, clone.budget_usd = budget, None
+        return clone
 
     # -- plumbing --
     def _client(self) -> openai.AsyncOpenAI:
@@ -221,6 +183,13 @@ class LLMClient:
             self._openai[loop] = client
         return client
 
+    def _batch_queue(self) -> BatchQueue:
+        loop = asyncio.get_running_loop()
+        queue = self._batches.get(loop)
+        if queue is None:
+            queue = self._batches[loop] = BatchQueue(self._client(), self._cache, self.batch)
+        return queue
+
     def _wait(self, retry_state: Any) -> float:
         exc = retry_state.outcome.exception() if retry_state.outcome else None
         retry_after = None
@@ -233,6 +202,30 @@ class LLMClient:
     def _add_usage(self, u: LLMUsage) -> None:
         with self._usage_lock:
             self.usage.add(u)
+
+    def _check_budget(self) -> None:
+        self.spend.check(self.budget_usd)
+        if self.budget is not None:
+            self.budget.check()
+
+    def _charge(self, usd: float) -> None:
+        self.spend.add(usd)
+        if self.budget is not None:
+            self.budget.charge(usd)
+
+    def _shape(self, params: dict[str, Any]) -> dict[str, Any]:
+        return shapes.shape(params, shapes.QUIRKS.get(self.base_url, self.model),
+                            reasoning_effort=self.reasoning_effort, headroom_tokens=self.reasoning_headroom_tokens)
+
+    def _learn(self, message: str, param: str | None) -> bool:
+        """Whether a 400 taught what this model refuses (then the request is sent again)."""
+        learned = shapes.learn(shapes.QUIRKS.get(self.base_url, self.model), message, param)
+        if learned is None:
+            return False
+        log.info("%s at %s refuses a parameter (%s): requests are reshaped from now on", self.model,
+                 self.base_url or "api.openai.com", message)
+        shapes.QUIRKS.set(self.base_url, self.model, learned)
+        return True
 
     @property
     def cache_store(self) -> ResponseCache | None:
@@ -272,20 +265,26 @@ class LLMClient:
             resp = LLMResponse.from_dict(hit)
             resp.cached = True
             resp.usage = LLMUsage(calls=1, prompt_tokens=resp.usage.prompt_tokens,
-                                  completion_tokens=resp.usage.completion_tokens, cost_usd=0.0, cached_calls=1)
+                                  completion_tokens=resp.usage.completion_tokens, cost_usd=0.0, cached_calls=1,
+                                  cached_prompt_tokens=resp.usage.cached_prompt_tokens)
             if _passes(validate, resp):
                 self._add_usage(resp.usage)
                 return resp
             cache.delete(key)
 
-        self.spend.check(self.budget_usd)
-        async with _process_semaphore(self.concurrency):
-            self.spend.check(self.budget_usd)  # the cap may have been reached while we queued
-            resp = await self._with_retries(params)
-        resp.usage.cost_usd = cost_usd(self.model, resp.usage.prompt_tokens, resp.usage.completion_tokens,
-                                       self._prices)
-        self.spend.add(resp.usage.cost_usd)
-        self._add_usage(resp.usage)
+        self._check_budget()
+        batch = self.mode == "batch"
+        if batch:
+            resp = await self._through_batch(key, params)
+        else:
+            async with _process_semaphore(self.concurrency):
+                self._check_budget()  # the cap may have been reached while we queued
+                resp = await self._with_retries(params)
+        u = resp.usage
+        u.cost_usd = cost_usd(self.model, u.prompt_tokens, u.completion_tokens, self._prices,
+                              cached_tokens=u.cached_prompt_tokens, batch=batch)
+        self._charge(u.cost_usd)
+        self._add_usage(u)
         if validate is not None:
             try:
                 validate(resp)
@@ -294,6 +293,21 @@ class LLMClient:
         if cache is not None:
             cache.put(key, self.model, resp.to_dict())
         return resp
+
+    async def _through_batch(self, key: str, params: dict[str, Any]) -> LLMResponse:
+        for _ in range(4):  # at most one reshape per refused parameter
+            try:
+                body = await self._batch_queue().submit(key, self._shape(params))
+            except BatchLineFailed as e:
+                if e.status == 400 and self._learn(str(e), e.param):
+                    continue
+                raise LLMError(f"LLM batch request to {self.model} at {self.base_url or 'api.openai.com'} "
+                               f"failed: {e.kind}: {e}", kind=e.kind) from e
+            try:
+                return self._parse(ChatCompletion.model_validate(body), params)
+            except (_BadResponse, ValueError) as e:
+                raise LLMError(f"LLM batch answer from {self.model} is unusable: {e}", kind="bad_response") from e
+        raise LLMError(f"{self.model} keeps refusing parameters of the request", kind="http_400")
 
     async def _with_retries(self, params: dict[str, Any]) -> LLMResponse:
         token_estimate = sum(len(str(m.get("content", ""))) for m in params["messages"]) // 4 + params["max_tokens"]
@@ -316,7 +330,20 @@ class LLMClient:
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _once(self, params: dict[str, Any]) -> LLMResponse:
-        completion = await self._client().chat.completions.create(**params)
+        for _ in range(4):  # at most one reshape per refused parameter
+            try:
+                completion = await self._client().chat.completions.create(**self._shape(params))
+                break
+            except openai.BadRequestError as e:
+                err = e.body.get("error", e.body) if isinstance(e.body, dict) else {}
+                message = str(err.get("message") or e.message) if isinstance(err, dict) else e.message
+                if not self._learn(message, err.get("param") if isinstance(err, dict) else None):
+                    raise
+        else:
+            raise _BadResponse(f"{self.model} keeps refusing parameters of the request")
+        return self._parse(completion, params)
+
+    def _parse(self, completion: Any, params: dict[str, Any]) -> LLMResponse:
         if not getattr(completion, "choices", None):
             raise _BadResponse("the endpoint returned no choices")
         choice = completion.choices[0]
@@ -328,8 +355,10 @@ class LLMClient:
                    for t in choice.logprobs.content]
         u = completion.usage
         if u is not None:
+            details = getattr(u, "prompt_tokens_details", None)
             usage = LLMUsage(calls=1, prompt_tokens=int(u.prompt_tokens or 0),
-                             completion_tokens=int(u.completion_tokens or 0))
+                             completion_tokens=int(u.completion_tokens or 0),
+                             cached_prompt_tokens=int(getattr(details, "cached_tokens", 0) or 0))
         else:  # some servers omit usage: estimate (~4 characters per token)
             prompt_chars = sum(len(str(m.get("content", ""))) for m in params["messages"])
             usage = LLMUsage(calls=1, prompt_tokens=prompt_chars // 4, completion_tokens=len(text) // 4)
@@ -339,7 +368,7 @@ class LLMClient:
 
     async def supports_logprobs(self) -> bool:
         """Whether the endpoint returns per-token logprobs with alternatives; probed once per
-        (base_url, model) in this process."""
+        (base_url, model) in this process, always with a direct (not batched) request."""
         key = (str(self.base_url), self.model)
         if key in _LOGPROB_SUPPORT:
             return _LOGPROB_SUPPORT[key]
@@ -348,18 +377,24 @@ class LLMClient:
         async with self._probe_lock:
             if key in _LOGPROB_SUPPORT:
                 return _LOGPROB_SUPPORT[key]
+            direct = copy.copy(self)
+            direct.mode = "sync"
             try:
-                resp = await self.chat([{"role": "user", "content": "Answer with one digit: 7"}],
-                                       max_tokens=1, logprobs=True, top_logprobs=2, use_cache=False)
+                resp = await direct.chat([{"role": "user", "content": "Answer with one digit: 7"}],
+                                         max_tokens=1, logprobs=True, top_logprobs=2, use_cache=False)
                 ok = bool(resp.logprobs) and bool(resp.logprobs[0].top)
             except LLMError as e:
-                if e.kind not in ("http_400", "http_422", "http_404"):
+                # o-series models answer 403 "You are not allowed to request logprobs from this model"
+                if e.kind not in ("http_400", "http_403", "http_422", "http_404"):
                     raise
                 ok = False
             _LOGPROB_SUPPORT[key] = ok
             return ok
 
     async def aclose(self) -> None:
+        for queue in list(self._batches.values()):
+            await queue.aclose()
+        self._batches.clear()
         for client in list(self._openai.values()):
             await client.close()
         self._openai.clear()
@@ -368,7 +403,8 @@ class LLMClient:
                 await limiter.aclose()  # type: ignore[union-attr]
 
     def describe(self) -> dict[str, Any]:
-        return {"model": self.model, "base_url": self.base_url, "role": self.role, "cache": self.cache}
+        return {"model": self.model, "base_url": self.base_url, "role": self.role, "cache": self.cache,
+                "mode": self.mode}
 
 
 def _passes(validate: Callable[[LLMResponse], Any] | None, resp: LLMResponse) -> bool:

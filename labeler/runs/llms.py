@@ -15,19 +15,21 @@ from labeler.runs.spec import LabelSpec
 
 
 class LLMPool:
-    """LLM clients by (role, model); None for a role without an endpoint."""
+    """LLM clients by (role, model, mode); None for a role without an endpoint.  A job's budget
+    replaces the process cap: ``get(..., budget=)`` hands out the pooled client charging it."""
 
     def __init__(self, settings: Settings):
         self.settings = settings
-        self._clients: dict[tuple[str, str | None], Any] = {}
+        self._clients: dict[tuple[str, str | None, str], Any] = {}
 
-    def get(self, role: str, model: str | None = None) -> Any:
+    def get(self, role: str, model: str | None = None, *, mode: str = "sync", budget: Any = None) -> Any:
         from labeler.llm import get_llm
 
-        key = (role, model)
+        key = (role, model, mode)
         if key not in self._clients:
-            self._clients[key] = get_llm(role, self.settings, model=model)
-        return self._clients[key]
+            self._clients[key] = get_llm(role, self.settings, model=model, mode=mode)
+        client = self._clients[key]
+        return client.with_budget(budget) if client is not None and budget is not None else client
 
     async def aclose(self) -> None:
         clients, self._clients = [c for c in self._clients.values() if c is not None], {}
@@ -41,25 +43,31 @@ class Stages:
     scorers: dict[str, Any]  # name -> scorer; empty when the job does not score
 
 
-def build_stages(spec: LabelSpec, pool: LLMPool, *, explain: bool, score: bool) -> Stages:
+def build_stages(spec: LabelSpec, pool: LLMPool, *, explain: bool, score: bool, mode: str = "sync",
+                 budget: Any = None) -> Stages:
+    """The job's explainer and scorers, their clients in ``mode`` (sync | batch) charging ``budget``."""
     from labeler.explanation import EXPLAINERS, get_explainer
     from labeler.scoring import SCORERS, get_scorer
 
     models = {"explainer": spec.explainer_model, "simulator": spec.simulator_model, "scorer": spec.scorer_model}
+
+    def client(role: str, model: str | None) -> Any:
+        return pool.get(role, model, mode=mode, budget=budget)
+
     explainer = None
     if explain:
         cls = EXPLAINERS[spec.explainer_base]
-        llm = pool.get("explainer", spec.explainer_model) if cls.needs_llm else None
+        llm = client("explainer", spec.explainer_model) if cls.needs_llm else None
         options = dict(spec.explainer_options)
         for option, role in cls.llm_options.items():  # e.g. best-of-N ranks with the simulator
-            client = pool.get(role, models[role])
-            if option not in options and client is not None:
-                options[option] = client
+            client_of_role = client(role, models[role])
+            if option not in options and client_of_role is not None:
+                options[option] = client_of_role
         explainer = get_explainer(spec.explainer, llm=llm, **options)
     scorers: dict[str, Any] = {}
     if score:
         for name in spec.scorers:
             cls = SCORERS[name]
-            llm = pool.get(cls.llm_role, models[cls.llm_role]) if cls.uses_llm else None
+            llm = client(cls.llm_role, models[cls.llm_role]) if cls.uses_llm else None
             scorers[name] = get_scorer(name, llm=llm, **spec.scorer_options.get(name, {}))
     return Stages(explainer, scorers)

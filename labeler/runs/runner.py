@@ -14,10 +14,11 @@ import time
 from typing import Callable, Iterable
 
 from labeler.core.config import Settings
-from labeler.core.errors import ConfigError, InputError
+from labeler.core.errors import BudgetExceeded, ConfigError, InputError
 from labeler.db import Repository
 from labeler.db.views import JobView
 from labeler.examples.store import StoreCache
+from labeler.runs.budget import JobBudget
 from labeler.runs.llms import LLMPool, build_stages
 from labeler.runs.spec import JobSpec, validate
 from labeler.runs.stages import ChunkResult, label_chunk
@@ -26,6 +27,9 @@ ChunkSender = Callable[[int, list[int]], None]
 """Queues one chunk of a job for a worker: ``send(job_id, features)``."""
 
 CANCEL_POLL_S = 1.0
+BATCH_FEATURES_IN_FLIGHT = 1024
+"""Batch mode, in-process: features explained (then scored) together, so that one batch holds
+many requests (each waits for its batch anyway; more in flight costs memory, not time)."""
 
 
 def chunked(features: list[int], size: int) -> list[list[int]]:
@@ -53,9 +57,11 @@ class Runner:
 
     # --- creating ---------------------------------------------------------------------------
 
-    def create_job(self, spec: JobSpec, features: Iterable[int], *, reuse: bool = True) -> int:
+    def create_job(self, spec: JobSpec, features: Iterable[int], *, reuse: bool = True,
+                   budget_usd: float | None = None) -> int:
         """Record a job; every feature pending, or done when an earlier job with the same spec
-        on the same SAE finished it (``reuse``).  Returns the job id.
+        on the same SAE finished it (``reuse``).  Its LLM budget is ``budget_usd`` (default:
+        ``LABELER_LLM_BUDGET_USD``), for the whole job whichever workers run it.  Returns the job id.
 
         A job that only scores is never reused: its input, the explanations stored for its
         features, can have grown since (its writes are idempotent, so rerunning costs little)."""
@@ -72,15 +78,17 @@ class Runner:
         if reuse and "explain" in spec.stages:
             earlier = self.repo.jobs.finished_elsewhere(sae_id, spec.reuse_hash)
             reused = {f: earlier[f] for f in features if f in earlier}
-        job_id = self.repo.jobs.create(sae_id, spec.to_dict(), features, spec_hash=spec.reuse_hash, reused=reused)
+        budget = budget_usd if budget_usd is not None else self.settings.llm_budget_usd
+        job_id = self.repo.jobs.create(sae_id, spec.to_dict(), features, spec_hash=spec.reuse_hash, reused=reused,
+                                       budget_usd=budget)
         if len(reused) == len(features):
             self.repo.jobs.set_status(job_id, "done")
         return job_id
 
-    def submit(self, spec: JobSpec, features: Iterable[int]) -> int:
+    def submit(self, spec: JobSpec, features: Iterable[int], *, budget_usd: float | None = None) -> int:
         """Create the job and queue its pending chunks for ``labeler worker`` processes."""
         self._require_queue()
-        job_id = self.create_job(spec, features)
+        job_id = self.create_job(spec, features, budget_usd=budget_usd)
         self._queue(job_id, self.repo.jobs.features(job_id, status="pending"), spec.chunk_size)
         return job_id
 
@@ -108,22 +116,37 @@ class Runner:
 
     async def run_chunk_async(self, job_id: int, features: list[int], pool: LLMPool, *,
                               max_in_flight: int | None = None) -> ChunkResult:
-        """One unit of work.  A cancelled or finished job starts nothing."""
+        """One unit of work.  A cancelled, finished or budget-stopped job starts nothing; the
+        job's LLM calls charge the job's budget, and reaching it marks the job budget_reached."""
         info = self.progress(job_id)
-        if info.status in ("cancelled", "done"):
+        if info.status in ("cancelled", "done", "budget_reached"):
             return ChunkResult(not_started=list(features), cancelled=info.status == "cancelled",
-                               message=f"job {job_id} is {info.status}")
+                               budget_exceeded=info.status == "budget_reached", message=f"job {job_id} is {info.status}")
+        budget = JobBudget(self.repo.jobs, job_id)
+        try:
+            budget.check()
+        except BudgetExceeded as e:
+            self._stop_for_budget(job_id)
+            return ChunkResult(not_started=list(features), budget_exceeded=True, message=f"stopped: budget: {e}")
         if info.status == "pending":
             self.repo.jobs.set_status(job_id, "running")
         spec = self.spec_of(job_id)
-        stages = build_stages(spec.label, pool, explain="explain" in spec.stages, score="score" in spec.stages)
+        stages = build_stages(spec.label, pool, explain="explain" in spec.stages, score="score" in spec.stages,
+                              mode=spec.llm_mode, budget=budget)
+        if max_in_flight is None:  # batch mode: every feature of the chunk joins the same batches
+            max_in_flight = len(features) if spec.llm_mode == "batch" else 2 * self.settings.llm_concurrency
         result = await label_chunk(
             self.stores.get(spec.store), [int(f) for f in features], stages, self.repo, int(info.sae_id),
-            job_id=job_id, control=spec.label.control, seed=spec.label.seed,
-            max_in_flight=max_in_flight or 2 * self.settings.llm_concurrency,
+            job_id=job_id, control=spec.label.control, seed=spec.label.seed, max_in_flight=max(1, max_in_flight),
             should_cancel=self._cancel_probe(job_id))
+        if result.budget_exceeded:
+            self._stop_for_budget(job_id)
         self._finish_if_complete(job_id)
         return result
+
+    def _stop_for_budget(self, job_id: int) -> None:
+        if self.repo.jobs.status(job_id) in ("pending", "running"):
+            self.repo.jobs.set_status(job_id, "budget_reached")
 
     def run_chunk(self, job_id: int, features: list[int]) -> ChunkResult:
         """``run_chunk_async`` on this thread's own event loop and LLM pool, kept between chunks so
@@ -140,7 +163,8 @@ class Runner:
         is used as fully as in a worker; returns the job's state afterwards."""
         spec = self.spec_of(job_id)
         chunks = chunked(self.repo.jobs.features(job_id, status="pending"), spec.chunk_size)
-        parallel = max(1, self.settings.llm_concurrency // spec.chunk_size)
+        in_flight = BATCH_FEATURES_IN_FLIGHT if spec.llm_mode == "batch" else self.settings.llm_concurrency
+        parallel = max(1, in_flight // spec.chunk_size)
 
         async def main() -> None:
             pool = LLMPool(self.settings)
@@ -178,7 +202,7 @@ class Runner:
     def _finish_if_complete(self, job_id: int) -> bool:
         """Mark the job done when no feature is pending (failures count as finished)."""
         info = self.progress(job_id)
-        if info.finished:
+        if info.status in ("done", "cancelled"):
             return info.status == "done"
         if info.counts.get("pending", 0) == 0:
             self.repo.jobs.set_status(job_id, "done")
@@ -206,6 +230,33 @@ class Runner:
             self.run(job_id)
         return failed
 
+    def resume(self, job_id: int, *, queued: bool, budget_usd: float | None = None) -> list[int]:
+        """Go on with a job's pending features (a budget_reached job, or one whose queued
+        chunks were lost), queued or run here.  ``budget_usd`` (default: LABELER_LLM_BUDGET_USD
+        when set) becomes the job's budget; it must be above what the job already spent."""
+        info = self.progress(job_id)
+        if info.status in ("done", "cancelled"):
+            raise InputError(f"job {job_id} is {info.status}: nothing to resume")
+        spec = self.spec_of(job_id)
+        validate(spec.label, self.settings, spec.stages)
+        if queued:
+            self._require_queue()
+        budget = budget_usd if budget_usd is not None else self.settings.llm_budget_usd
+        if budget is not None:
+            self.repo.jobs.set_budget(job_id, budget)
+        cap, spent = self.repo.jobs.budget(job_id)
+        if cap is not None and spent >= cap:
+            raise ConfigError(f"job {job_id} has spent ${spent:.4f} of its ${cap:.4f} LLM budget: give a higher "
+                              "budget (--budget-usd or LABELER_LLM_BUDGET_USD) to resume it")
+        pending = self.repo.jobs.features(job_id, status="pending")
+        self.repo.jobs.set_status(job_id, "running")
+        if queued:
+            self._queue(job_id, pending, spec.chunk_size)
+        else:
+            self.run(job_id)
+        self._finish_if_complete(job_id)
+        return pending
+
     def cancel(self, job_id: int) -> JobView:
         """Stop the job: queued chunks skip on start, running chunks start no new feature."""
         if self.progress(job_id).status != "done":
@@ -220,7 +271,7 @@ class Runner:
         return info
 
     def wait(self, job_id: int, *, timeout_s: float = 120.0, poll_s: float = 0.25) -> JobView:
-        """Poll until the job is done or cancelled (tests, ``labeler submit --wait``)."""
+        """Poll until the job is done, cancelled or budget_reached (tests, ``labeler submit --wait``)."""
         deadline = time.monotonic() + timeout_s
         while True:
             info = self.progress(job_id)

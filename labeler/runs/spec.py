@@ -16,6 +16,7 @@ from labeler.core.errors import ConfigError
 
 DEFAULT_SCORERS = ("simulation",)
 STAGES = ("explain", "score")
+LLM_MODES = ("sync", "batch")
 
 
 def _hash(obj: Any) -> str:
@@ -93,6 +94,9 @@ class JobSpec:
     """A name for the job's results (the demo, an eval configuration); part of what is reused."""
     chunk_size: int = 16
     """Features per unit of work (one Celery task)."""
+    llm_mode: str = "sync"
+    """``sync`` (one HTTP request per LLM call) or ``batch`` (OpenAI Batch API: half price,
+    answers within 24 h).  How calls are made, not what they compute: not part of reuse."""
 
     def __post_init__(self) -> None:
         self.stages = tuple(self.stages)
@@ -101,6 +105,8 @@ class JobSpec:
             raise ConfigError(f"job stages must be some of {STAGES}, got {list(self.stages)}")
         if self.chunk_size < 1:
             raise ConfigError(f"chunk size must be >= 1 (got {self.chunk_size})")
+        if self.llm_mode not in LLM_MODES:
+            raise ConfigError(f"LLM mode must be one of {', '.join(LLM_MODES)}, got {self.llm_mode!r}")
 
     @property
     def reuse_hash(self) -> str:
@@ -109,26 +115,27 @@ class JobSpec:
 
     def to_dict(self) -> dict[str, Any]:
         return {"store": self.store, "label": self.label.to_dict(), "stages": list(self.stages),
-                "name": self.name, "chunk_size": self.chunk_size}
+                "name": self.name, "chunk_size": self.chunk_size, "llm_mode": self.llm_mode}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "JobSpec":
         if not isinstance(d, dict) or "store" not in d or "label" not in d:
             raise ConfigError("a job spec needs at least 'store' and 'label'")
-        extra = set(d) - {"store", "label", "stages", "name", "chunk_size"}
+        extra = set(d) - {"store", "label", "stages", "name", "chunk_size", "llm_mode"}
         if extra:
             raise ConfigError(f"unknown job spec fields: {sorted(extra)}")
         return cls(store=str(d["store"]), label=LabelSpec.from_dict(d["label"]),
                    stages=tuple(d.get("stages") or STAGES), name=d.get("name"),
-                   chunk_size=int(d.get("chunk_size") or 16))
+                   chunk_size=int(d.get("chunk_size") or 16), llm_mode=str(d.get("llm_mode") or "sync"))
 
 
 def make_job_spec(store: str | Path, label: LabelSpec, settings: Settings, *, stages: tuple[str, ...] = STAGES,
-                  name: str | None = None) -> JobSpec:
+                  name: str | None = None, llm_mode: str | None = None) -> JobSpec:
     """A job spec with the store path resolved and the roles' models filled in from settings,
     so the job records exactly which LLMs made its results."""
     return JobSpec(store=str(Path(store).expanduser().resolve()), label=resolve_models(label, settings),
-                   stages=stages, name=name, chunk_size=settings.chunk_size)
+                   stages=stages, name=name, chunk_size=settings.chunk_size,
+                   llm_mode=llm_mode or settings.llm_mode)
 
 
 def resolve_models(label: LabelSpec, settings: Settings) -> LabelSpec:

@@ -38,7 +38,8 @@ How answers are chosen, first match wins:
    digits as alternatives.
 
 Also: ``api_key`` (401 on mismatch), ``models`` (404 for others), ``logprobs_mode``
-("on" | "ignore": answer without logprobs | "error": 400), ``latency_s`` + ``jitter_s``.
+("on" | "ignore": answer without logprobs | "error": 400), ``latency_s`` + ``jitter_s``; see
+``labeler.testing.provider`` and ``labeler.testing.batch_api`` for the rest.
 Counters in ``stats`` (by endpoint and outcome) let tests assert what happened.
 """
 
@@ -48,13 +49,12 @@ import asyncio
 import contextlib
 import json
 import random
-import re
 import socket
 import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
@@ -62,84 +62,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-Predicate = Callable[[dict[str, Any]], bool]
+from labeler.testing.batch_api import BatchAPI
+from labeler.testing.replies import (_GLOBAL_RULES, _TOKEN_RE, Predicate, Reply, Responder,  # noqa: F401
+                                     _default_logprobs, add_rule, count_tokens, default_responder, prompt_text,
+                                     remove_rule)
+from labeler.testing.provider import PromptCache, reasoning_refusal
 
-
-@dataclass
-class Reply:
-    text: str
-    logprobs: list[tuple[str, float, dict[str, float]]] | None = None
-    finish_reason: str | None = None
-
-
-Responder = Callable[[dict[str, Any]], "str | Reply"]
-_GLOBAL_RULES: list[tuple[Predicate, Responder]] = []
-_TOKEN_RE = re.compile(r"\w+|[^\w\s]")
 _GARBAGE = "#@!%&*{}[]<>|~^`$=+\\/"
-
-
-def add_rule(predicate: Predicate, responder: Responder) -> None:
-    """Register a rule for every test server in this process (newest rules are tried first)."""
-    _GLOBAL_RULES.insert(0, (predicate, responder))
-
-
-def remove_rule(responder: Responder) -> None:
-    _GLOBAL_RULES[:] = [r for r in _GLOBAL_RULES if r[1] is not responder]
-
-
-def prompt_text(req: dict[str, Any]) -> str:
-    """All text of a chat or completions request, joined."""
-    if "messages" in req:
-        parts = []
-        for m in req.get("messages") or []:
-            c = m.get("content")
-            if isinstance(c, list):  # content parts
-                c = " ".join(p.get("text", "") for p in c if isinstance(p, dict))
-            parts.append(str(c or ""))
-        return "\n".join(parts)
-    p = req.get("prompt", "")
-    return "\n".join(p) if isinstance(p, list) else str(p)
-
-
-def count_tokens(text: str) -> int:
-    return len(_TOKEN_RE.findall(text))
-
-
-def default_responder(req: dict[str, Any]) -> str:
-    text = prompt_text(req)
-    if "messages" in req:  # look at the last user message: that is where the examples are
-        users = [m for m in req["messages"] if m.get("role") == "user"]
-        focus = str(users[-1].get("content", "")) if users else text
-    else:
-        focus = text
-    marked = [t.strip() for t in re.findall(r"<<(.+?)>>", focus, flags=re.S)]
-    if not marked:  # token/value pairs such as "bridge"=8
-        pairs = [(json.loads(f'"{t}"').strip(), int(v)) for t, v in re.findall(r'"((?:[^"\\]|\\.)*)"=(\d+)', focus)]
-        best = max((v for _, v in pairs), default=0)
-        marked = [t for t, v in pairs if v == best and v > 0]
-    marked = [t for t in marked if t]
-    if marked:
-        top = Counter(marked).most_common(1)[0][0]
-        phrase = f'the token "{top}"'
-    else:
-        phrase = "common English words"
-    if "EXPLANATION:" in text:
-        return f"The marked tokens share one thing: {phrase}.\nEXPLANATION: {phrase}"
-    return phrase
-
-
-def _default_logprobs(text: str, n_top: int) -> list[tuple[str, float, dict[str, float]]]:
-    out = []
-    tokens = re.findall(r"\s*\S+", text) or [text]
-    for tok in tokens:
-        top = {tok: -0.05}
-        for d in "0123456789":
-            if len(top) >= max(n_top, 1):
-                break
-            if d != tok.strip():
-                top[d] = -3.0 - len(top)
-        out.append((tok, -0.05, top))
-    return out
 
 
 @dataclass
@@ -158,6 +87,10 @@ class ServerConfig:
     logprobs_mode: str = "on"  # on | ignore | error
     api_key: str | None = None
     models: list[str] | None = None
+    reasoning_models: list[str] | None = None  # labeler.testing.provider: refuse max_tokens, temperature
+    prompt_cache: bool = False  # labeler.testing.provider: report cached prompt tokens
+    batch_latency_s: float = 0.0  # labeler.testing.batch_api: how long a batch runs
+    batch_expire: float = 0.0  # labeler.testing.batch_api: probability a line is left unanswered
 
 
 class TestLLMServer:
@@ -182,10 +115,13 @@ class TestLLMServer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping: asyncio.Event | None = None
         self.configure(**config)
+        self.prompt_cache = PromptCache()
+        self.batch_api = BatchAPI(self)
         self.app = Starlette(routes=[
             Route("/v1/chat/completions", self._chat, methods=["POST"]),
             Route("/v1/completions", self._completions, methods=["POST"]),
             Route("/v1/models", self._models, methods=["GET"]),
+            *self.batch_api.routes(),
         ])
 
     # -- configuration --
@@ -324,16 +260,26 @@ class TestLLMServer:
         if c.api_key is not None and request.headers.get("authorization") != f"Bearer {c.api_key}":
             self._count("http_401")
             return None, self._error(401, "Incorrect API key provided")
-        if c.models is not None and req.get("model") not in c.models:
-            self._count("http_404")
-            return None, self._error(404, f"The model {req.get('model')!r} does not exist")
-        if req.get("logprobs") and c.logprobs_mode == "error":
-            self._count("http_400")
-            return None, self._error(400, "logprobs are not supported by this endpoint")
+        refusal = self._refusal(req)
+        if refusal is not None:
+            return None, refusal
         delay = c.latency_s + (self._rng.uniform(0, c.jitter_s) if c.jitter_s else 0.0)
         if delay > 0:
             await asyncio.sleep(delay)
         return req, None
+
+    def _refusal(self, req: dict[str, Any]) -> Response | None:
+        """The error this endpoint answers the request with, before any reply is drawn."""
+        c = self.config
+        if c.models is not None and req.get("model") not in c.models:
+            out = self._error(404, f"The model {req.get('model')!r} does not exist")
+        elif req.get("logprobs") and c.logprobs_mode == "error":
+            out = self._error(400, "logprobs are not supported by this endpoint")
+        else:
+            out = reasoning_refusal(req, c.reasoning_models)
+        if out is not None:
+            self._count(f"http_{out.status_code}")
+        return out
 
     async def _failure_or_reply(self, req: dict[str, Any]) -> tuple[Reply | None, Response | None]:
         action = self._next_action() or {}
@@ -418,6 +364,10 @@ class TestLLMServer:
         req, reply, err = await self._request_and_reply(request, "chat")
         if err is not None:
             return err
+        return JSONResponse(self.chat_body(req, reply))
+
+    def chat_body(self, req: dict[str, Any], reply: Reply) -> dict[str, Any]:
+        """The chat.completion object answering ``req`` with ``reply``."""
         lp_block = None
         if req.get("logprobs"):
             lps = self._logprobs_for(req, reply, int(req.get("top_logprobs") or 0))
@@ -427,16 +377,19 @@ class TestLLMServer:
                      "top_logprobs": [{"token": a, "logprob": alp, "bytes": list(a.encode())}
                                       for a, alp in list(top.items())[: int(req.get("top_logprobs") or 0)]]}
                     for t, lp, top in lps]}
-        prompt_tokens = count_tokens(prompt_text(req))
+        tokens = _TOKEN_RE.findall(prompt_text(req))
         completion_tokens = count_tokens(reply.text)
-        return JSONResponse({
+        usage: dict[str, Any] = {"prompt_tokens": len(tokens), "completion_tokens": completion_tokens,
+                                 "total_tokens": len(tokens) + completion_tokens}
+        if self.config.prompt_cache:
+            usage["prompt_tokens_details"] = {"cached_tokens": self.prompt_cache.cached_tokens(tokens)}
+        return {
             "id": f"chatcmpl-test{self.stats['requests']}", "object": "chat.completion",
             "created": int(time.time()), "model": req.get("model", "test-model"),
             "choices": [{"index": 0, "message": {"role": "assistant", "content": reply.text},
                          "logprobs": lp_block, "finish_reason": reply.finish_reason or "stop"}],
-            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                      "total_tokens": prompt_tokens + completion_tokens},
-        })
+            "usage": usage,
+        }
 
     async def _completions_inner(self, request: Request) -> Response:
         req, reply, err = await self._request_and_reply(request, "completions")

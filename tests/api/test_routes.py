@@ -20,7 +20,7 @@ def test_health_version_openapi(api):
     client, repo, _ = api
     assert client.get("/health").json()["status"] == "ok"
     v = client.get("/version").json()
-    assert v["version"] and v["schema_revision"] == head_revision() == "0003"
+    assert v["version"] and v["schema_revision"] == head_revision() == "0006"
     spec = client.get("/openapi.json").json()
     assert "/v1/features/{model}/{sae}/{index}" in spec["paths"]
     assert "X-API-Key" in json.dumps(spec["components"]["securitySchemes"])
@@ -136,27 +136,6 @@ def test_search(api):
     assert client.get("/v1/search", params={"q": "x", "model": "a", "sae": "b"}).status_code == 404
     assert client.get("/v1/search", params={"q": "x", "mode": "magic"}).status_code == 422
     assert client.get("/v1/search", params={"q": '"( AND'}).status_code == 200
-
-
-def test_export(api):
-    client, repo, sae_id = api
-    b = base(repo, sae_id)
-    r = client.get(f"/v1/export/{b}")
-    assert r.status_code == 200 and r.headers["content-type"].startswith("application/x-ndjson")
-    rows = [json.loads(line) for line in r.text.splitlines()]
-    assert [x["index"] for x in rows] == list(range(16))
-    assert rows[2]["label"] == "Python function definitions" and rows[2]["prompt_version"] == "v1"
-    labeled = [json.loads(line) for line in client.get(f"/v1/export/{b}", params={"labeled_only": True}).text.splitlines()]
-    assert [x["index"] for x in labeled] == [1, 2, 3]
-    r = client.get(f"/v1/export/{b}", params={"format": "neuronpedia", "neuronpedia_model_id": "gpt2-small",
-                                              "neuronpedia_source": "0-res-test"})
-    np_rows = [json.loads(line) for line in r.text.splitlines()]
-    assert len(np_rows) == 3
-    assert np_rows[0] == {"modelId": "gpt2-small", "layer": "0-res-test", "index": "1",
-                          "description": "the Golden Gate Bridge and other bridges", "explanationModelName": "gpt-x",
-                          "typeName": "labeler-highlighted", "scores": [{"method": "simulation", "value": 0.1}]}
-    assert client.get(f"/v1/export/{b}", params={"format": "csv"}).status_code == 422
-    assert client.get("/v1/export/a/b").status_code == 404
 
 
 def test_jobs_need_the_write_key(api):

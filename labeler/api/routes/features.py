@@ -1,17 +1,14 @@
-"""Features: one, a batch, a filtered list; and the JSONL export of an SAE's labels."""
+"""Features: one, a batch, a filtered list (exports: ``labeler.api.routes.export``)."""
 
 from __future__ import annotations
 
-import json
-from typing import Iterator, Literal
+from typing import Literal
 
 from fastapi import APIRouter, Body, Depends, HTTPException, Query
-from fastapi.responses import StreamingResponse
 
 from labeler.api.deps import PageDep, RepoDep, StoresDep, require_read
 from labeler.api.routes.common import FeatureIndex, ModelSlug, SaeSlug, sae_or_404, top_contexts
 from labeler.api.schemas import BatchOut, BatchRequest, FeatureOut, FeaturePage
-from labeler.db.views import LabelRow
 
 router = APIRouter(prefix="/v1", tags=["features"], dependencies=[Depends(require_read)])
 
@@ -70,45 +67,3 @@ def list_features(page: PageDep, repo: RepoDep, model: str = ModelSlug, sae: str
                                      limit=page.limit, offset=page.offset)
     return page.wrap(items)
 
-
-def neuronpedia_record(row: LabelRow, model_id: str, source_id: str) -> dict:
-    """One explanation in Neuronpedia's explanation-export shape."""
-    return {
-        "modelId": model_id,
-        "layer": source_id,
-        "index": str(row.index),
-        "description": row.label,
-        "explanationModelName": row.llm_model or row.explainer,
-        "typeName": f"labeler-{row.explainer}",
-        "scores": [{"method": row.label_method, "value": row.label_score}] if row.label_method else [],
-    }
-
-
-@router.get("/export/{model}/{sae}", tags=["export"],
-            responses={200: {"content": {"application/x-ndjson": {}},
-                             "description": "one JSON object per line"}})
-def export_labels(repo: RepoDep, model: str = ModelSlug, sae: str = SaeSlug,
-                  format: Literal["labeler", "neuronpedia"] = Query("labeler"),
-                  labeled_only: bool = Query(False, description="labeler format: skip unlabeled features"),
-                  neuronpedia_model_id: str | None = Query(None, max_length=200,
-                                                           description="Neuronpedia modelId (default: model slug)"),
-                  neuronpedia_source: str | None = Query(None, max_length=200,
-                                                         description="Neuronpedia source/layer id (default: SAE slug)")):
-    """Stream every feature's label as JSON Lines.  ``neuronpedia``: one explanation object per
-    labeled feature (modelId, layer, index, description, explanationModelName, typeName)."""
-    sae_id = sae_or_404(repo, model, sae)
-    info = repo.catalog.sae(sae_id)
-    model_id = neuronpedia_model_id or info.model
-    source_id = neuronpedia_source or info.sae
-
-    def lines() -> Iterator[str]:
-        for row in repo.reads.iter_labels(sae_id):
-            if format == "neuronpedia":
-                if row.label:
-                    yield json.dumps(neuronpedia_record(row, model_id, source_id)) + "\n"
-            elif row.label or not labeled_only:
-                yield row.model_dump_json() + "\n"
-
-    filename = f"{info.model}__{info.sae}.{format}.jsonl"
-    return StreamingResponse(lines(), media_type="application/x-ndjson",
-                             headers={"Content-Disposition": f'attachment; filename="{filename}"'})
