@@ -133,7 +133,7 @@ def _from_local(given: str, path: Path, sae_id: str | None, revision: str | None
     if sae_id:
         inner = path / sae_id
         if not inner.exists():
-            raise InputError(f"SAE {given!r} has no {sae_id!r}{_listing(sae_id, sae_folders(path))}")
+            raise InputError(f"SAE {given!r} has no {sae_id!r}{_listing(sae_id, sae_folders(path), 'in it')}")
         return SaeSource("local", inner, subfolder=sae_id, given=str(Path(given) / sae_id))
     return SaeSource("local", path, given=given)
 
@@ -148,7 +148,7 @@ def _from_release(name: str, sae_id: str | None, revision: str | None, cache_dir
         raise InputError(f"SAELens release {name!r} is not in {table.origin}")
     if not sae_id or sae_id not in rel.saes:
         what = f"has no SAE {sae_id!r}" if sae_id else "holds several SAEs: choose one with --sae-id"
-        raise InputError(f"SAELens release {name!r} {what}{_listing(sae_id or '', list(rel.saes))}")
+        raise InputError(f"SAELens release {name!r} {what}{_listing(sae_id or '', list(rel.saes), 'in it')}")
     if rel.conversion_func not in CONVERSIONS:
         raise InputError(f"SAELens release {name!r} is stored in a layout labeler does not read (SAELens "
                          f"converter {rel.conversion_func!r}; read: SAELens's own, "
@@ -169,16 +169,16 @@ def _from_hub(repo_id: str, sub: str | None, revision: str | None, cache_dir, to
     if sub is None:
         if detect_format(root) is not None:
             return SaeSource("hub", root, repo_id=repo_id, revision=revision, commit=commit)
-        folders = _repo_sae_folders(repo_id, commit, root, token)
+        folders, there = _repo_sae_folders(repo_id, commit, root, token)
         if not folders:
-            raise InputError(f"{label} holds no SAE in a layout labeler reads "
+            raise InputError(f"{label} holds no SAE {there} in a layout labeler reads "
                              f"({'; '.join(f.description for f in SAE_FORMATS.values())})")
-        raise InputError(f"{label} holds several SAEs: choose one with --sae-id{_listing('', folders)}")
+        raise InputError(f"{label} holds several SAEs: choose one with --sae-id{_listing('', folders, there)}")
     path = root / sub
     if not path.exists():
-        folders = _repo_sae_folders(repo_id, commit, root, token)
+        folders, there = _repo_sae_folders(repo_id, commit, root, token)
         raise InputError(f"{label} has no folder {sub!r} at revision {revision or 'main'}"
-                         f"{_listing(sub, folders)}")
+                         f"{_listing(sub, folders, there)}")
     return SaeSource("hub", path, repo_id=repo_id, subfolder=sub, revision=revision, commit=commit)
 
 
@@ -223,8 +223,9 @@ def sae_folders(root: Path) -> list[str]:
     return sorted(f for f in found if detect_format(root / f) is not None)
 
 
-def _repo_sae_folders(repo_id: str, commit: str, root: Path, token) -> list[str]:
-    """The SAE folders of the repo: listed by the Hub when online, else those in the cache."""
+def _repo_sae_folders(repo_id: str, commit: str, root: Path, token) -> tuple[list[str], str]:
+    """(the SAE folders of the repo, where they were seen): listed by the Hub when online,
+    else those in the local cache."""
     from huggingface_hub import HfApi, constants
 
     if not constants.HF_HUB_OFFLINE:
@@ -234,14 +235,14 @@ def _repo_sae_folders(repo_id: str, commit: str, root: Path, token) -> list[str]
             files = None
         if files is not None:
             names = {f for fmt in SAE_FORMATS.values() for f in fmt.files}
-            return sorted({f.rsplit("/", 1)[0] for f in files if "/" in f and f.rsplit("/", 1)[1] in names})
-    return sae_folders(root)
+            return sorted({f.rsplit("/", 1)[0] for f in files if "/" in f and f.rsplit("/", 1)[1] in names}), "in the repo"
+    return sae_folders(root), "in the local cache (offline)"
 
 
-def _listing(asked: str, names: list[str], limit: int = 30) -> str:
+def _listing(asked: str, names: list[str], there: str = "there", limit: int = 30) -> str:
     if not names:
-        return " (and none is there)"
+        return f" (none {there})"
     near = difflib.get_close_matches(asked, names, n=8, cutoff=0.5) if asked else []
     shown = near + [n for n in names if n not in near]
     more = f", ... ({len(names)} in all)" if len(shown) > limit else ""
-    return f"; there: {', '.join(shown[:limit])}{more}"
+    return f"; SAEs {there}: {', '.join(shown[:limit])}{more}"

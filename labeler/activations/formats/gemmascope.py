@@ -23,7 +23,7 @@ from labeler.core.errors import InputError
 if TYPE_CHECKING:
     from labeler.activations.sources import SaeSource
 
-_SITE = re.compile(r"gemma-scope-[\w.]+?-(res|mlp|att|transcoders)(?:$|[/-])")
+_SITE = re.compile(r"gemma-scope-[\w.-]+?-(res|mlp|att|transcoders)(?:$|[/-])")
 # site -> TransformerLens hook of layer L (SAELens gemma_2 / gemma_2_transcoder loaders)
 SITES = {"res": "blocks.{L}.hook_resid_post", "mlp": "blocks.{L}.hook_mlp_out", "att": "blocks.{L}.attn.hook_z",
          "transcoders": "blocks.{L}.ln2.hook_normalized"}

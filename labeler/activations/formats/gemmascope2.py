@@ -52,7 +52,7 @@ def _config(path: Path) -> dict:
 
 def hook(path: Path, source: "SaeSource") -> SaeHook | None:
     cfg = _config(path)
-    rel = str(source.subfolder or path.name)
+    rel = str(source.subfolder or "/".join(path.parts[-2:]))  # site folder / SAE folder
     transcoder = "transcoder" in rel or cfg.get("type") == "transcoder"
     name = cfg.get("hf_hook_point_in")
     if name is None:
