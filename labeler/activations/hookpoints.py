@@ -212,7 +212,10 @@ def find_hookpoint(hook: SaeHook | str, config, module_names: list[str], *, base
         raise ConfigError(f"--hook-io must be 'output' or 'input', not {io!r}")
     family = family_of(config)
     if hook.transformer_lens:
-        path, implied = _tl_target(hook.name, config, family, transcoder=hook.transcoder)
+        try:
+            path, implied = _tl_target(hook.name, config, family, transcoder=hook.transcoder)
+        except ConfigError as e:
+            raise ConfigError(f"{e}; or name a module with --hook-io input|output{_block_modules(hook.name, family, module_names, base_prefix)}") from None
         if io is not None and io != implied:
             raise ConfigError(f"TransformerLens hook {hook.name!r} is the {implied} of {path}; "
                               f"--hook-io {io} contradicts it")
@@ -231,6 +234,15 @@ def find_hookpoint(hook: SaeHook | str, config, module_names: list[str], *, base
     if found is None:
         raise ConfigError(f"unknown hookpoint {hook.name!r}{_nearby(path, module_names)}")
     return Hookpoint(found, io or implied or "output", None)
+
+
+def _block_modules(tl: str, family: Family | None, names: list[str], base_prefix: str) -> str:
+    """The module names of the block a TL name points into (for error messages)."""
+    m = _TL.match(tl)
+    if family is None or m is None or m.group(1) is None:
+        return _nearby("", names) if family is None else ""
+    block = match_module(family.layers["hook_resid_pre"][0].format(n=m.group(1)), names, base_prefix)
+    return _nearby(block, names) if block else ""
 
 
 def _nearby(path: str, names: list[str]) -> str:
