@@ -152,3 +152,39 @@ def test_bad_sae_inputs_fail_cleanly(inputs, corpus, block1_sae, tmp_path, capsy
     code, text = run_cli([*base, "--out", str(tmp_path / "k"), "--sae", "tiny-org/gpt2-saes", "--sae-id",
                           "blocks.1.hook_resid_pre"], capsys)
     assert code == 2 and "unknown option(s) 'use_magic'" in text and not (tmp_path / "k").exists()
+
+
+def test_abstopk_collects_one_feature_per_sign(inputs, corpus, tmp_path):
+    """AbsTopK activations are signed: the store keeps latent i's positive side as feature i and
+    its negative side as feature F + i, both re-encoding to what SAELens's math gives."""
+    from labeler.corpus import CorpusSpec
+    from labeler.examples.collect import CollectConfig, run_collect
+
+    acts = hook_acts(inputs / "gpt2", "transformer.h.0", corpus)
+    sae = centred_sae(tmp_path / "abs", acts, 24, architecture="topk", k=4, hook="transformer.h.0")
+    cfg = json.loads((sae / "cfg.json").read_text())
+    (sae / "cfg.json").write_text(json.dumps({**cfg, "architecture": "abstopk"}))
+    out = run_collect(CollectConfig(model=str(inputs / "gpt2"), hook="transformer.h.0", sae=str(sae),
+                                    corpus=CorpusSpec(str(corpus)), tokens=1600, ctx_len=16, batch_size=8),
+                      tmp_path / "s", progress=False, log=lambda *_: None)
+    store = FeatureStore(out)
+    F = 24
+    counts = store.all_stats()["count"]
+    assert store.n_features == 2 * F and counts[:F].sum() > 0 and counts[F:].sum() > 0
+    w = {k: v.astype(np.float64) for k, v in load_file(str(sae / "sae_weights.safetensors")).items()}
+    from transformers import GPT2LMHeadModel
+
+    model = GPT2LMHeadModel.from_pretrained(inputs / "gpt2").eval()
+    prefix = store.manifest["settings"]["frame"]["prefix"]
+    for f in (int(np.argmax(counts[:F])), F + int(np.argmax(counts[F:]))):
+        ex = store.feature(f).select("train", "top")[0]
+        ids = [*prefix, *np.asarray(store.tokens[ex.window]).tolist()]
+        with torch.no_grad():
+            x = model(input_ids=torch.tensor([ids]), output_hidden_states=True).hidden_states[1][0, len(prefix):]
+        pre = (x.double().numpy() - w["b_dec"]) @ w["W_enc"] + w["b_enc"]
+        latent = f % F
+        kept = (np.argsort(-np.abs(pre), axis=1)[:, :4] == latent).any(1)  # in the top 4 by |pre|
+        signed = np.where(kept, pre[:, latent], 0.0)
+        ref = np.maximum(signed if f < F else -signed, 0)
+        assert ref.max() > 0
+        np.testing.assert_allclose(ex.activations, ref, rtol=2e-3, atol=2e-3)

@@ -67,7 +67,7 @@ class Encoder:
     activation: str = "relu"  # key of ARCHITECTURES: the formula used
     W_enc: torch.Tensor | None = None  # [d_in, n_latents]
     b_enc: torch.Tensor | None = None
-    W_dec: torch.Tensor | None = None  # [n_latents, d_out] (d_out = d_in except transcoders)
+    W_dec: torch.Tensor | None = None  # [n_features, d_out]: a negative side's row is its latent's, negated
     b_dec: torch.Tensor | None = None
     threshold: torch.Tensor | None = None
     k: int | None = None
@@ -96,6 +96,10 @@ class Encoder:
         missing = [n for n in ("W_enc", *arch.needs) if self._tensor(n) is None] if self.activation != "identity" else []
         if missing:
             raise InputError(f"SAE {self.path}: the {self.architecture} architecture needs tensors {missing}")
+        if self.signs and self.W_dec is not None and self.W_dec.shape[0] == self.n_latents:
+            # one decoder row per feature, so every decoder-side use (directions, promoted
+            # tokens) lines up with the feature numbering
+            self.W_dec = torch.cat([self.W_dec if s == "pos" else -self.W_dec for s in self.signs])
         if arch.select == "groups" and self.n_latents % self.k:
             raise InputError(f"SAE {self.path}: groupmax needs the {self.n_latents} latents to split into k={self.k} groups")
 
@@ -238,10 +242,7 @@ class Encoder:
         """Unit-norm decoder direction of every feature (a negative side points the other way)."""
         if self.W_dec is None:
             return None
-        unit = self.W_dec / self.W_dec.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-        if self.signs:
-            unit = torch.cat([unit if s == "pos" else -unit for s in self.signs])
-        return unit
+        return self.W_dec / self.W_dec.norm(dim=-1, keepdim=True).clamp_min(1e-12)
 
 
 def _top(score: torch.Tensor, k: int, by_abs: bool) -> tuple[torch.Tensor, torch.Tensor]:
