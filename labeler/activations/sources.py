@@ -99,7 +99,8 @@ def resolve_sae(sae: str, sae_id: str | None = None, revision: str | None = None
     if local.exists():
         return _from_local(sae, local, sae_id, revision)
     if sae.startswith((".", "/", "~")) or "\\" in sae or sae.count("/") > 1:
-        raise InputError(f"SAE {sae!r}: no such file or folder")
+        hint = "" if sae.startswith((".", "/", "~")) else " (a Hub repo's subfolder: --sae ORG/REPO --sae-id SUBFOLDER)"
+        raise InputError(f"SAE {sae!r}: no such file or folder{hint}")
     if _REPO_ID.match(sae):
         return _from_hub(sae, sae_id, revision, cache_dir, token)
     table = releases if releases is not None else ReleaseTable.installed()

@@ -134,6 +134,11 @@ def test_gemmascope_site_from_the_repo_name(tmp_path, w):
         np.savez(folder / "params.npz", **w)
         hook, _ = sae_hook(str(folder))
         assert (hook.name, hook.transformer_lens, hook.transcoder) == (expect, True, transcoder)
+    emb = tmp_path / "models--google--gemma-scope-2b-pt-res" / "snapshots" / "c" / "embedding" / "width_4k" / "l0_6"
+    emb.mkdir(parents=True)
+    np.savez(emb / "params.npz", **w)
+    enc = load_encoder(str(emb))  # trained on the unscaled lookup; embed_tokens scales by sqrt(d)
+    assert enc.hook.name == "hook_embed" and enc.input_scale == pytest.approx(D_IN ** -0.5)
     plain = tmp_path / "plain"
     plain.mkdir()
     np.savez(plain / "params.npz", **w)
