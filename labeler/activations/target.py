@@ -33,6 +33,8 @@ class CollectTarget:
     """the TransformerLens hook name the module was mapped from, if any"""
     sae_hook: SaeHook | None
     """where the SAE's own files say it reads"""
+    sae_point: Hookpoint | None
+    """that place in this model (None: the SAE does not say, or the model has no such place)"""
     source: SaeSource | None
 
 
@@ -62,21 +64,15 @@ def resolve_target(model: str, sae: str = "neurons", *, sae_id: str | None = Non
         own, _ = sae_hook(spec, cache_dir=cache_dir)
     config = model_config(model)
     names, base = module_names(config)
-    if hook is not None:
-        point = find_hookpoint(hook, config, names, base_prefix=base, io=hook_io)
-    elif own is not None:
-        try:
-            point = find_hookpoint(own, config, names, base_prefix=base, io=hook_io)
-        except ConfigError as e:
-            raise ConfigError(f"SAE {sae!r} reads at {own.name!r}, which this model cannot give: {e}; "
-                              f"name the module with --hook") from None
+    if hook is None:
+        if own is None:
+            raise ConfigError(f"SAE {sae!r} does not say where it reads; name the module with --hook "
+                              f"(and --hook-io input|output)")
+        point = own_point = find_hookpoint(own, config, names, base_prefix=base, io=hook_io)
     else:
-        raise ConfigError(f"SAE {sae!r} does not say where it reads; name the module with --hook "
-                          f"(and --hook-io input|output)")
-    return CollectTarget(spec, point.module, point.io, _tl_name(point, own), own, source)
-
-
-def _tl_name(point: Hookpoint, own: SaeHook | None) -> str | None:
-    if point.tl_name:
-        return point.tl_name
-    return own.name if own is not None and own.transformer_lens else None
+        point = find_hookpoint(hook, config, names, base_prefix=base, io=hook_io)
+        try:  # only to say so when --hook reads elsewhere than the SAE says
+            own_point = find_hookpoint(own, config, names, base_prefix=base) if own is not None else None
+        except ConfigError:
+            own_point = None
+    return CollectTarget(spec, point.module, point.io, point.tl_name, own, own_point, source)

@@ -74,9 +74,10 @@ def _sae_target(model: str, sae: str, sae_id: Optional[str], revision: Optional[
     from labeler.activations.target import resolve_target
 
     target = resolve_target(model, sae, sae_id=sae_id, revision=revision, hook=hook, hook_io=hook_io, signs=signs)
-    own = target.sae_hook
-    if own is not None and hook is not None and own.name != hook and target.tl_name != own.name:
-        typer.echo(f"note: the SAE says it reads at {own.name!r}; --hook {hook!r} overrides it", err=True)
+    own = target.sae_point
+    if own is not None and (own.module, own.io) != (target.hook, target.hook_io):
+        typer.echo(f"note: the SAE says it reads the {own.io} of {own.module} ({target.sae_hook.name}); "
+                   f"--hook {hook!r} overrides it", err=True)
     mapped = f" (TransformerLens {target.tl_name})" if target.tl_name else ""
     typer.echo(f"SAE {target.sae}: reading the {target.hook_io} of {target.hook}{mapped}", err=True)
     return target

@@ -9,6 +9,22 @@ import torch
 TOL = 1e-5
 
 
+def random_weights(d_in: int, n: int, seed: int = 1) -> dict[str, np.ndarray]:
+    """SAELens-named tensors; decoder rows of unequal norms (so decoder-norm rescaling shows)."""
+    rng = np.random.default_rng(seed)
+    return {
+        "W_enc": rng.standard_normal((d_in, n)).astype(np.float32),
+        "b_enc": (0.3 * rng.standard_normal(n)).astype(np.float32),
+        "W_dec": (rng.uniform(0.5, 2.0, (n, 1)) * rng.standard_normal((n, d_in))).astype(np.float32),
+        "b_dec": (0.5 * rng.standard_normal(d_in)).astype(np.float32),
+        "threshold": np.abs(rng.standard_normal(n)).astype(np.float32),
+    }
+
+
+def random_inputs(n: int, d_in: int, seed: int = 2) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((n, d_in)).astype(np.float32)
+
+
 def pre(x, W_enc, b_enc, *, b_dec=None):
     x = np.asarray(x, dtype=np.float64)
     if b_dec is not None:

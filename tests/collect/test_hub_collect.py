@@ -188,3 +188,19 @@ def test_abstopk_collects_one_feature_per_sign(inputs, corpus, tmp_path):
         ref = np.maximum(signed if f < F else -signed, 0)
         assert ref.max() > 0
         np.testing.assert_allclose(ex.activations, ref, rtol=2e-3, atol=2e-3)
+
+
+def test_an_explicit_hook_overrides_the_sae_and_says_so(inputs, corpus, block1_sae, tmp_path, capsys, monkeypatch):
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hub"
+    put(cache, "tiny-org/gpt2-saes", {"blocks.1.hook_resid_pre": block1_sae})
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    code, text = run_cli(["collect", "--model", str(inputs / "gpt2"), "--corpus", str(corpus), *ARGS, "--out",
+                          str(tmp_path / "s"), "--sae", "tiny-org/gpt2-saes", "--sae-id", "blocks.1.hook_resid_pre",
+                          "--hook", "blocks.0.hook_resid_post"], capsys)
+    assert code == 0, text
+    assert "the SAE says it reads the input of transformer.h.1 (blocks.1.hook_resid_pre)" in text
+    m = FeatureStore(tmp_path / "s").manifest
+    assert (m["model"]["hook"], m["model"]["hook_io"]) == ("transformer.h.0", "output")
+    assert m["sae"]["hook"]["name"] == "blocks.1.hook_resid_pre"

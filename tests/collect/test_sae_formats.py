@@ -24,19 +24,12 @@ V6 = {"sae_lens_version": "6.54.12", "sae_lens_training_version": "6.54.12", "mo
 
 @pytest.fixture
 def w():
-    rng = np.random.default_rng(1)
-    return {
-        "W_enc": rng.standard_normal((D_IN, F)).astype(np.float32),
-        "b_enc": (0.3 * rng.standard_normal(F)).astype(np.float32),
-        "W_dec": (rng.uniform(0.5, 2.0, (F, 1)) * rng.standard_normal((F, D_IN))).astype(np.float32),
-        "b_dec": (0.5 * rng.standard_normal(D_IN)).astype(np.float32),
-        "threshold": np.abs(rng.standard_normal(F)).astype(np.float32),
-    }
+    return R.random_weights(D_IN, F)
 
 
 @pytest.fixture
 def x():
-    return np.random.default_rng(2).standard_normal((30, D_IN)).astype(np.float32)
+    return R.random_inputs(30, D_IN)
 
 
 def sae6(path, tensors, architecture, **top):

@@ -19,19 +19,12 @@ D_IN, F = 12, 40
 
 @pytest.fixture
 def w():
-    rng = np.random.default_rng(1)
-    return {
-        "W_enc": rng.standard_normal((D_IN, F)).astype(np.float32),
-        "b_enc": (0.3 * rng.standard_normal(F)).astype(np.float32),
-        "W_dec": rng.standard_normal((F, D_IN)).astype(np.float32),
-        "b_dec": (0.5 * rng.standard_normal(D_IN)).astype(np.float32),
-        "threshold": np.abs(rng.standard_normal(F)).astype(np.float32),
-    }
+    return R.random_weights(D_IN, F)
 
 
 @pytest.fixture
 def x():
-    return np.random.default_rng(2).standard_normal((30, D_IN)).astype(np.float32)
+    return R.random_inputs(30, D_IN)
 
 
 def sparsify(folder, w, **cfg):
