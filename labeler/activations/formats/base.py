@@ -86,8 +86,7 @@ class Encoder:
     def __post_init__(self) -> None:
         arch = self.arch  # unknown names fail here, not mid-collect
         if self.signs is not None:
-            bad = [s for s in self.signs if s not in SIGNS] or ([] if len(set(self.signs)) == len(self.signs) else ["repeated"])
-            if bad or not self.signs:
+            if not self.signs or any(s not in SIGNS for s in self.signs) or len(set(self.signs)) != len(self.signs):
                 raise InputError(f"signs must be 'pos', 'neg' or 'pos,neg' (got {','.join(self.signs)!r})")
         elif arch.signed and self.activation != "identity":
             raise InputError(f"SAE {self.path}: {self.architecture} activations are signed; encode them with signs")
