@@ -31,24 +31,46 @@ def parse_dtype(name: str) -> torch.dtype:
         raise ConfigError(f"unknown dtype {name!r}; choose one of {sorted(_DTYPES)}") from None
 
 
-def load_model(name_or_path: str, *, device: str = "cpu", dtype: str = "float32"):
-    """(model, tokenizer). Decoder models load with their LM head (for output-side evidence)."""
+def _quiet_transformers() -> None:
     import transformers
-    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
+
+
+def model_config(name_or_path: str):
+    """The model's ``transformers`` config (cheap: no weights), with load_model's errors."""
+    from transformers import AutoConfig
+
+    _quiet_transformers()
     local = Path(name_or_path).expanduser()
     if (name_or_path.startswith((".", "/", "~")) or local.exists()) and not (local / "config.json").exists():
         raise InputError(f"model {name_or_path!r}: no config.json there (not a transformers model folder)")
     try:
-        config = AutoConfig.from_pretrained(name_or_path)
+        return AutoConfig.from_pretrained(name_or_path)
+    except (OSError, ValueError) as e:
+        raise InputError(f"model {name_or_path!r}: cannot load its config ({e})") from None
+
+
+def _model_class(config):
+    """Decoders load with their LM head (for output-side evidence), everything else bare."""
+    from transformers import AutoModel, AutoModelForCausalLM
+
+    archs = " ".join(getattr(config, "architectures", None) or [])
+    is_causal = "CausalLM" in archs or "LMHeadModel" in archs or getattr(config, "is_decoder", False)
+    return AutoModelForCausalLM if is_causal else AutoModel
+
+
+def load_model(name_or_path: str, *, device: str = "cpu", dtype: str = "float32"):
+    """(model, tokenizer). Decoder models load with their LM head (for output-side evidence)."""
+    from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
+
+    config = model_config(name_or_path)
+    try:
         tokenizer = AutoTokenizer.from_pretrained(name_or_path)
     except OSError as e:
         raise InputError(f"model {name_or_path!r}: cannot load config/tokenizer ({e})") from None
-    archs = " ".join(getattr(config, "architectures", None) or [])
-    is_causal = "CausalLM" in archs or "LMHeadModel" in archs or getattr(config, "is_decoder", False)
-    cls = AutoModelForCausalLM if is_causal else AutoModel
+    cls = _model_class(config)
     try:
         model = cls.from_pretrained(name_or_path, dtype=parse_dtype(dtype))
     except (OSError, ValueError) as e:
@@ -60,16 +82,37 @@ def load_model(name_or_path: str, *, device: str = "cpu", dtype: str = "float32"
     return model, tokenizer
 
 
+def module_names(config) -> tuple[list[str], str]:
+    """(every module path, the base model's prefix) of the model ``load_model`` builds for this
+    config, built on the meta device: no weights are read or allocated."""
+    cls = _model_class(config)
+    with torch.device("meta"):
+        try:
+            model = cls.from_config(config)
+        except ValueError:  # a config with no CausalLM class: load_model falls back the same way
+            from transformers import AutoModel
+
+            model = AutoModel.from_config(config)
+    return [n for n, _ in model.named_modules()], getattr(model, "base_model_prefix", "")
+
+
 def resolve_hook(model: torch.nn.Module, name: str) -> torch.nn.Module:
-    """The module called ``name``; unknown names list the nearest existing ones."""
+    """The module called ``name`` (also relative to the base model, or by a unique path
+    suffix); unknown names list module names that would work."""
+    from labeler.activations.hookpoints import find_hookpoint, is_tl_name, match_module
+
     modules = dict(model.named_modules())
-    if name in modules and name:
-        return modules[name]
-    # Accept names written for the bare model (``layers.3``) or with the base prefix.
     base = getattr(model, "base_model_prefix", "")
-    for cand in (f"{base}.{name}", name.removeprefix(f"{base}.")):
-        if cand in modules and cand:
-            return modules[cand]
+    found = match_module(name, modules, base) if name else None
+    if found is not None:
+        return modules[found]
+    config = getattr(model, "config", None)
+    if is_tl_name(name) and config is not None:
+        # a TransformerLens name also fixes input vs output, which a module alone cannot carry
+        point = find_hookpoint(name, config, list(modules), base_prefix=base)
+        raise ConfigError(f"hookpoint {name!r} is a TransformerLens hook name: it is the {point.io} of "
+                          f"module {point.module!r}; pass hook={point.module!r}, hook_io={point.io!r} "
+                          f"(`labeler collect --hook` maps it for you)")
     near = difflib.get_close_matches(name, [n for n in modules if n], n=6, cutoff=0.4)
     hint = f"; nearest module names: {', '.join(near)}" if near else ""
     raise ConfigError(f"unknown hookpoint {name!r} in {type(model).__name__}{hint}")

@@ -22,11 +22,18 @@ def _device(device: Optional[str]) -> str:
 @app.command()
 def collect(
     model: str = typer.Option(..., "--model", help="Hub id or local path of a transformers model."),
-    hook: str = typer.Option(..., "--hook", help="Module name, e.g. transformer.h.6, model.layers.12, encoder.layer.2."),
-    sae: str = typer.Option("neurons", "--sae", help="SAE folder/file (SAELens, sparsify, Gemma Scope npz) or 'neurons'."),
+    hook: Optional[str] = typer.Option(None, "--hook", help="Module (transformer.h.6, model.layers.12) or TransformerLens "
+                                       "hook name (blocks.6.hook_resid_pre); default: where the SAE says it reads."),
+    sae: str = typer.Option("neurons", "--sae", help="Local SAE folder/file, Hugging Face repo id (ORG/REPO), SAELens "
+                            "release name, or 'neurons'."),
+    sae_id: Optional[str] = typer.Option(None, "--sae-id", help="The SAE inside the repo or release: a subfolder "
+                                         "(layers.10, layer_20/width_16k/average_l0_71) or a release's SAE id."),
+    revision: Optional[str] = typer.Option(None, "--revision", help="Branch, tag or commit of the SAE's Hub repo."),
+    signs: Optional[str] = typer.Option(None, "--signs", help="neurons: pos, neg or pos,neg (each side its own feature)."),
     corpus: str = typer.Option("builtin", "--corpus", help="File, folder, Hugging Face dataset name, or 'builtin'."),
     out: Path = typer.Option(..., "--out", help="Store directory to write (or resume)."),
-    hook_io: str = typer.Option("output", "--hook-io", help="Read the module's 'output' or 'input' (transcoders)."),
+    hook_io: Optional[str] = typer.Option(None, "--hook-io", help="Read the module's 'output' or 'input' (default: "
+                                          "what the hook name or the SAE implies, else output)."),
     tokens: int = typer.Option(2_000_000, "--tokens", help="Corpus tokens to process."),
     ctx_len: int = typer.Option(64, "--ctx-len", help="Tokens per window (special tokens excluded)."),
     batch_size: int = typer.Option(32, "--batch-size", help="Windows per forward pass."),
@@ -46,8 +53,9 @@ def collect(
     from labeler.corpus import CorpusSpec
     from labeler.examples.collect import CollectConfig, run_collect
 
+    target = _sae_target(model, sae, sae_id, revision, hook, hook_io, signs)
     cfg = CollectConfig(
-        model=model, hook=hook, sae=sae, hook_io=hook_io,
+        model=model, hook=target.hook, sae=target.sae, hook_io=target.hook_io,
         corpus=CorpusSpec(corpus, text_field=text_field, dataset_split=dataset_split),
         tokens=tokens, ctx_len=ctx_len, batch_size=batch_size, seed=seed, device=_device(device),
         dtype=dtype or get_settings().dtype, drop_bos=drop_bos, checkpoint_every_s=checkpoint_every,
@@ -58,6 +66,21 @@ def collect(
         torch.set_num_threads(threads)
     path = run_collect(cfg, out, force=force, progress=not no_progress, log=lambda m: typer.echo(m, err=True))
     typer.echo(str(path))
+
+
+def _sae_target(model: str, sae: str, sae_id: Optional[str], revision: Optional[str], hook: Optional[str],
+               hook_io: Optional[str], signs: Optional[str]):
+    """Resolve --sae/--sae-id/--revision/--signs and --hook/--hook-io into what CollectConfig takes."""
+    from labeler.activations.target import resolve_target
+
+    target = resolve_target(model, sae, sae_id=sae_id, revision=revision, hook=hook, hook_io=hook_io, signs=signs)
+    own = target.sae_point
+    if own is not None and (own.module, own.io) != (target.hook, target.hook_io):
+        typer.echo(f"note: the SAE says it reads the {own.io} of {own.module} ({target.sae_hook.name}); "
+                   f"--hook {hook!r} overrides it", err=True)
+    mapped = f" (TransformerLens {target.tl_name})" if target.tl_name else ""
+    typer.echo(f"SAE {target.sae}: reading the {target.hook_io} of {target.hook}{mapped}", err=True)
+    return target
 
 
 @app.command()
