@@ -75,4 +75,4 @@ def pick_control_explanation(feature: int, explanations_by_feature: Mapping[int,
 
 
 __all__ = ["SCORERS", "get_scorer", "scorer_class", "with_negatives", "IntruderScorer", "EmbeddingIntruderScorer", "pick_control_explanation", "metrics", "Scorer", "ScorerOptions",
-           "SimulationScorer", "DetectionScorer", "FuzzingScorer", "EmbeddingScorer", "RubricScorer"]
+           "HARD_SUFFIX", "SimulationScorer", "DetectionScorer", "FuzzingScorer", "EmbeddingScorer", "RubricScorer"]
