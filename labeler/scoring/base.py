@@ -172,6 +172,8 @@ class Scorer(ABC):
         parsed: list[T] = []
 
         def validate(resp: Any) -> None:
+            if getattr(resp, "finish_reason", None) == "length":  # a cut answer may parse, but is partial
+                raise MalformedAnswer("the answer is incomplete")
             parsed[:] = [parse(resp)]
 
         for attempt in range(self.options.max_parse_retries + 1):

@@ -47,7 +47,7 @@ Parsed = tuple[dict[int, list[Value]], dict[int, str]]
 _HEADER = re.compile(r"^[\W_]*(?:sequence|text)\s+(\d+)\s*:?[\W_]*$", re.I)
 _FENCE = re.compile(r"^\s*```\w*\s*$")
 _SPARSE_LINE = re.compile(r"^[\s*#>_-]*(?:(?:sequence|text)\s+)?(\d+)\s*\**\s*"
-                          r"(?:[:.)]|\s(?=\s*(?:none|\d+\s*=)))\**\s*(.*)$", re.I)
+                          r"(?:[:.)]|\s(?=\s*(?:none|\d+\s*(?:\"[^\"]*\"|'[^']*')?\s*=)))\**\s*(.*)$", re.I)
 _PAIR = re.compile(r"(\d+)\s*(?:\"(?:[^\"\\]|\\.)*\"|'[^']*')?\s*[=:]\s*(\d+)")
 _NONE = re.compile(r"^[\s*_`\"'(\[]*(?:none|nothing|no active tokens?|-|—)?[\s*_`\"').\]]*$", re.I)
 

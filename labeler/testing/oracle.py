@@ -50,9 +50,11 @@ def _system(req: dict[str, Any]) -> str:
 
 
 def _last_user(req: dict[str, Any]) -> str:
-    """The feature's own message (few-shot examples come before it)."""
+    """The feature's own message: the last user message holding texts (few-shot examples come
+    before it, a retry's note about the previous answer after it)."""
     users = [str(m.get("content", "")) for m in req.get("messages", []) if m.get("role") == "user"]
-    return users[-1] if users else ""
+    with_texts = [u for u in users if "Text 1" in u or "Sequence 1" in u]
+    return (with_texts or users or [""])[-1]
 
 
 def _vocab(user: str) -> set[str]:
