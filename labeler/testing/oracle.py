@@ -106,7 +106,7 @@ def _value(hit: bool) -> Piece:
 def _v2_sequences(user: str) -> list[list[str]]:
     seqs: list[list[str]] = []
     for line in user.splitlines():
-        if line.startswith("Tokens of text "):
+        if line == "Tokens:":
             seqs.append([])
         elif seqs and (m := _TOKEN_LINE.match(line)):
             seqs[-1].append(m.group(2))
@@ -134,7 +134,7 @@ class _Oracle:
             return Reply("I am not sure what the feature does here.")
         system = _system(req)
         if _SEQ_V1.search(user):  # prompt v1: JSON token lists, one "Sequence n:" block each
-            return self._v1(user, vocab)
+            return self._v1(user, vocab)  # slips: preamble, no_colon, quotes
         seqs = _v2_sequences(user)
         pieces: list[Piece] = []
         if self._slip("preamble"):
@@ -143,7 +143,7 @@ class _Oracle:
         if "JSON object" in system:
             preds = [[10 if _hit(t, vocab) else 0 for t in s] for s in seqs]
             return Reply(json.dumps({"predictions": preds}))
-        if "Name only the tokens" in system:
+        if "Name only the active tokens" in system:
             for k, seq in enumerate(seqs, 1):
                 pieces.append((f"{k}{colon} ", -0.01, {}))
                 hits = [i for i, t in enumerate(seq, 1) if _hit(t, vocab)]
@@ -174,10 +174,14 @@ class _Oracle:
         if "JSON object" in user:
             return Reply(json.dumps({"predictions": [[10 if _hit(t, vocab) else 0 for t in s] for s in seqs]}))
         pieces: list[Piece] = []
+        if self._slip("preamble"):
+            pieces.append(("Here are my predictions for the text.\n", -0.01, {}))
+        colon = ":" if not self._slip("no_colon") else ""
+        quote = '"' if self._slip("quotes") else ""
         for k, seq in enumerate(seqs, 1):
-            pieces.append((f"Sequence {k}:\n", -0.01, {}))
+            pieces.append((f"Sequence {k}{colon}\n", -0.01, {}))
             for t in seq:
-                pieces += [(json.dumps(t, ensure_ascii=False)[1:-1], -0.01, {}), ("\t", -0.01, {}),
+                pieces += [(quote + json.dumps(t, ensure_ascii=False)[1:-1] + quote, -0.01, {}), ("\t", -0.01, {}),
                            _value(_hit(t, vocab)), ("\n", -0.01, {})]
         return _pieces_text(pieces)
 
