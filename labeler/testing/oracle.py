@@ -271,3 +271,7 @@ def install_scoring_rules(server: Any, *, perturb: dict[str, float] | None = Non
     server.add_rule(is_rubric, rubric_reply)
     server.add_rule(is_intruder, intruder_reply)
     return server
+
+
+simulation_reply = _Oracle(None, 0).simulation
+"""The simulation responder with no slips (for servers that install rules one by one)."""
