@@ -58,6 +58,21 @@ def crop(example: ActivationExample, context_tokens: int | None) -> tuple[list[s
     return list(toks[start:end]), list(acts[start:end])
 
 
+def crop_held_out(example: ActivationExample, context_tokens: int | None, rng: Any
+                  ) -> tuple[list[str], list[float], int]:
+    """(tokens, activations, start) of a held-out window cropped for a judge: around the peak
+    for a window that fires (as the explainer crops), at a seeded offset (``rng``) for one that
+    does not, so where a crop starts tells nothing."""
+    toks, acts = example.tokens, example.activations
+    if not context_tokens or len(toks) <= context_tokens:
+        return list(toks), list(acts), 0
+    if example.max_activation > 0:
+        start, _ = crop_window(len(toks), context_tokens, max(range(len(acts)), key=lambda i: acts[i]))
+    else:
+        start = rng.randrange(len(toks) - context_tokens + 1)
+    return list(toks[start:start + context_tokens]), list(acts[start:start + context_tokens]), start
+
+
 def _split_ws(token: str) -> tuple[str, str, str]:
     m = re.match(r"^(\s*)(.*?)(\s*)$", token, flags=re.S)
     assert m is not None

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from labeler.core.errors import ConfigError
-from labeler.explanation.formatting import crop_window, display, mark_runs, marked_positions
+from labeler.explanation.formatting import crop_held_out, display, mark_runs, marked_positions
 from labeler.records import ActivationExample, FeatureRecord, LLMUsage, ScoreResult
 from labeler.scoring import metrics
 from labeler.scoring.base import (
@@ -71,19 +71,6 @@ class Item:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def cropped(e: ActivationExample, n: int | None, rng: random.Random) -> tuple[list[str], list[float], int]:
-    """(tokens, activations, start): around the peak for a context that fires, else at a seeded
-    offset, so crop position tells nothing."""
-    if not n or len(e.tokens) <= n:
-        return list(e.tokens), list(e.activations), 0
-    if e.max_activation > 0:
-        peak = max(range(len(e.activations)), key=lambda i: e.activations[i])
-        start, _ = crop_window(len(e.tokens), n, peak)
-    else:
-        start = rng.randrange(len(e.tokens) - n + 1)
-    return list(e.tokens[start:start + n]), list(e.activations[start:start + n]), start
-
-
 class JudgeScorer(Scorer):
     Options = JudgeOptions
     scale: tuple[str, ...] = ("0", "1")
@@ -105,7 +92,7 @@ class JudgeScorer(Scorer):
         out = []
         for e in held_out_mix(record, split, [("top", o.n_top), ("sample", o.n_sample),
                                               ("quantile", o.n_quantile)], sets):
-            toks, acts, _ = cropped(e, o.context_tokens, rng)
+            toks, acts, _ = crop_held_out(e, o.context_tokens, rng)
             out.append(Item(e, toks, acts, 1.0))
         return out
 
@@ -113,7 +100,7 @@ class JudgeScorer(Scorer):
                   n: int) -> list[Item]:
         out = []
         for e in negative_examples(record, split, self.options.negatives, n, sets):
-            toks, acts, _ = cropped(e, self.options.context_tokens, rng)
+            toks, acts, _ = crop_held_out(e, self.options.context_tokens, rng)
             out.append(Item(e, toks, acts, 0.0))
         return out
 

@@ -6,13 +6,12 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import random
 from dataclasses import dataclass
 from typing import Any
 
 from labeler.core.errors import BudgetExceeded, ConfigError, LLMError
 from labeler.core.prompts import PromptTemplate, load_prompt
-from labeler.explanation.formatting import crop_window, display
+from labeler.explanation.formatting import crop_held_out, display
 from labeler.llm.types import RejectedAnswer
 from labeler.records import ActivationExample, FeatureRecord, LLMUsage, ScoreResult
 from labeler.scoring import metrics
@@ -61,19 +60,6 @@ def _echo_form(tok: str) -> str:
     return json.dumps(tok, ensure_ascii=False)[1:-1]
 
 
-def crop_example(e: ActivationExample, n: int | None, rng: random.Random) -> tuple[list[str], list[float]]:
-    """``n`` tokens: around the peak (at 3/4) for a window that fires, at a seeded offset else."""
-    if not n or len(e.tokens) <= n:
-        return list(e.tokens), list(e.activations)
-    if e.max_activation > 0:
-        peak = max(range(len(e.activations)), key=lambda i: e.activations[i])
-        start, end = crop_window(len(e.tokens), n, peak)
-    else:
-        start = rng.randrange(len(e.tokens) - n + 1)
-        end = start + n
-    return list(e.tokens[start:end]), list(e.activations[start:end])
-
-
 class SimulationRun(Scorer):
     """Held-out set, calls and aggregation; subclasses give the offline ``baseline``."""
 
@@ -97,7 +83,7 @@ class SimulationRun(Scorer):
         if not examples:
             raise ScoringFailed(f"feature {record.feature} has no top/random examples in split {split!r}")
         rng = self.rng(record)
-        cropped = [crop_example(e, self.options.context_tokens, rng) for e in examples]
+        cropped = [crop_held_out(e, self.options.context_tokens, rng)[:2] for e in examples]
         tokens = [t for t, _ in cropped]
         order = list(range(len(examples)))
         if self.options.shuffle:
