@@ -219,7 +219,12 @@ def _texts(req: dict[str, Any]) -> tuple[set[str], list[str]]:
     user = _last_user(req)
     texts = []
     for _, t in _TEXT.findall(user):
-        texts.append(json.loads(t) if t.startswith('"') else t)  # v1 quoted texts as JSON
+        if len(t) >= 2 and t[0] == t[-1] == '"':  # v1 quoted texts as JSON; a v2 text may just start with a quote
+            try:
+                t = json.loads(t)
+            except ValueError:
+                pass
+        texts.append(t)
     return _vocab(user), texts
 
 
