@@ -45,11 +45,26 @@ def _scorer_options(items: list[str] | None) -> dict[str, dict[str, Any]]:
 
 def _label_spec(explainer: str | None, llm: str | None, scorers: str | None, explainer_option: list[str] | None,
                 scorer_option: list[str] | None, simulator_model: str | None, scorer_model: str | None,
-                control: bool, seed: int, settings: Settings) -> LabelSpec:
+                control: bool, seed: int, settings: Settings, *, sampling: str | None = None,
+                negatives: str | None = None) -> LabelSpec:
+    from labeler.scoring import HARD_SUFFIX, with_negatives
+
+    explainer = explainer or default_explainer(settings)
+    explainer_options = _parse_options(explainer_option, "explainer")
+    names = [s for s in (scorers.split(",") if scorers else DEFAULT_SCORERS)]
+    if sampling is not None:  # shorthand for --explainer-option sampling=...
+        explainer_options["sampling"] = sampling
+    if negatives not in (None, "random", "hard"):
+        raise ConfigError(f"--negatives must be 'random' or 'hard', not {negatives!r}")
+    if negatives == "hard":
+        # each scorer that takes negatives also runs with hard ones (<name>:hard), so the
+        # scores with random and with hard negatives are stored side by side
+        takes = set(with_negatives())
+        names = [v for n in names for v in ([n, n + HARD_SUFFIX] if n in takes else [n])]
+        if explainer.split(":", 1)[0] == "contrastive":
+            explainer_options.setdefault("negatives", "hard")
     return LabelSpec(
-        explainer=explainer or default_explainer(settings),
-        explainer_options=_parse_options(explainer_option, "explainer"),
-        scorers=[s for s in (scorers.split(",") if scorers else DEFAULT_SCORERS)],
+        explainer=explainer, explainer_options=explainer_options, scorers=names,
         scorer_options=_scorer_options(scorer_option),
         explainer_model=llm, simulator_model=simulator_model, scorer_model=scorer_model,
         control=control, seed=seed,
@@ -83,6 +98,10 @@ LlmOpt = typer.Option(None, "--llm", help="explainer model (default: the explain
 ScorersOpt = typer.Option(None, "--scorers", "-s", help="comma-separated scorers (default: simulation)")
 ExplainerOptionOpt = typer.Option(None, "--explainer-option", help="explainer option key=value (repeatable)")
 ScorerOptionOpt = typer.Option(None, "--scorer-option", help="scorer option scorer.key=value (repeatable)")
+SamplingOpt = typer.Option(None, "--explainer-sampling",
+                           help="which train examples the explainer sees: top, quantiles or mixed (default: mixed)")
+NegativesOpt = typer.Option(None, "--negatives", help="hard: detection, fuzzing, embedding, rubric and intruder "
+                            "also run with hard negatives (<name>:hard), and contrastive explains with them")
 SimModelOpt = typer.Option(None, "--simulator-model", help="simulator model")
 ScorerModelOpt = typer.Option(None, "--scorer-model", help="model for detection/fuzzing/rubric")
 ControlOpt = typer.Option(False, "--control/--no-control", help="also score another feature's explanation")
@@ -139,11 +158,12 @@ def _run_with_progress(runner: Runner, job_id: int) -> list[ChunkResult]:
 @app.command()
 def explain(store: Path = StoreArg, features: str = FeaturesOpt, explainer: Optional[str] = ExplainerOpt,
             llm: Optional[str] = LlmOpt, explainer_option: Optional[list[str]] = ExplainerOptionOpt,
-            seed: int = SeedOpt, llm_mode: Optional[str] = LlmModeOpt,
+            sampling: Optional[str] = SamplingOpt, seed: int = SeedOpt, llm_mode: Optional[str] = LlmModeOpt,
             as_json: bool = typer.Option(False, "--json")) -> None:
     """Explain features and save the explanations (with their cost) in the database."""
     settings = get_settings()
-    label = _label_spec(explainer, llm, None, explainer_option, None, None, None, False, seed, settings)
+    label = _label_spec(explainer, llm, None, explainer_option, None, None, None, False, seed, settings,
+                        sampling=sampling)
     _run_stage("explained", store, features, label, ("explain",), settings, as_json, llm_mode)
 
 
@@ -151,11 +171,12 @@ def explain(store: Path = StoreArg, features: str = FeaturesOpt, explainer: Opti
 def score(store: Path = StoreArg, features: str = FeaturesOpt, scorers: Optional[str] = ScorersOpt,
           scorer_option: Optional[list[str]] = ScorerOptionOpt, simulator_model: Optional[str] = SimModelOpt,
           scorer_model: Optional[str] = ScorerModelOpt, control: bool = ControlOpt, seed: int = SeedOpt,
-          llm_mode: Optional[str] = LlmModeOpt, as_json: bool = typer.Option(False, "--json")) -> None:
+          negatives: Optional[str] = NegativesOpt, llm_mode: Optional[str] = LlmModeOpt,
+          as_json: bool = typer.Option(False, "--json")) -> None:
     """Score every stored explanation of the features."""
     settings = get_settings()
     label = _label_spec("baseline", None, scorers, None, scorer_option, simulator_model, scorer_model, control,
-                        seed, settings)
+                        seed, settings, negatives=negatives)
     _run_stage("scored", store, features, label, ("score",), settings, as_json, llm_mode)
 
 
@@ -165,6 +186,7 @@ def label(store: Path = StoreArg, features: str = FeaturesOpt, explainer: Option
           explainer_option: Optional[list[str]] = ExplainerOptionOpt,
           scorer_option: Optional[list[str]] = ScorerOptionOpt, simulator_model: Optional[str] = SimModelOpt,
           scorer_model: Optional[str] = ScorerModelOpt, control: bool = ControlOpt, seed: int = SeedOpt,
+          sampling: Optional[str] = SamplingOpt, negatives: Optional[str] = NegativesOpt,
           retry_failed: Optional[int] = typer.Option(None, "--retry-failed", help="retry a job's failed features"),
           llm_mode: Optional[str] = LlmModeOpt, budget_usd: Optional[float] = BudgetOpt,
           as_json: bool = typer.Option(False, "--json")) -> None:
@@ -177,7 +199,8 @@ def label(store: Path = StoreArg, features: str = FeaturesOpt, explainer: Option
         _print_job(runner.progress(retry_failed), as_json)
         return
     spec = make_job_spec(store, _label_spec(explainer, llm, scorers, explainer_option, scorer_option,
-                                            simulator_model, scorer_model, control, seed, settings), settings,
+                                            simulator_model, scorer_model, control, seed, settings,
+                                            sampling=sampling, negatives=negatives), settings,
                          llm_mode=llm_mode)
     job_id = runner.create_job(spec, _features(runner, store, features), budget_usd=budget_usd)
     _run_with_progress(runner, job_id)
@@ -203,6 +226,7 @@ def submit(store: Optional[Path] = typer.Option(None, "--store", help="collect s
            scorers: Optional[str] = ScorersOpt, explainer_option: Optional[list[str]] = ExplainerOptionOpt,
            scorer_option: Optional[list[str]] = ScorerOptionOpt, simulator_model: Optional[str] = SimModelOpt,
            scorer_model: Optional[str] = ScorerModelOpt, control: bool = ControlOpt, seed: int = SeedOpt,
+           sampling: Optional[str] = SamplingOpt, negatives: Optional[str] = NegativesOpt,
            retry_failed: Optional[int] = typer.Option(None, "--retry-failed", help="re-queue a job's failed features"),
            resume: Optional[int] = typer.Option(None, "--resume", help="re-queue a job's pending features (e.g. "
                                                                         "a budget_reached job, with --budget-usd)"),
@@ -224,7 +248,8 @@ def submit(store: Optional[Path] = typer.Option(None, "--store", help="collect s
         if store is None:
             raise ConfigError("give --store <dir> (or --retry-failed / --resume <job>)")
         spec = make_job_spec(store, _label_spec(explainer, llm, scorers, explainer_option, scorer_option,
-                                                simulator_model, scorer_model, control, seed, settings), settings,
+                                                simulator_model, scorer_model, control, seed, settings,
+                                                sampling=sampling, negatives=negatives), settings,
                              llm_mode=llm_mode)
         idx = _features(runner, store, features)
         job_id = runner.submit(spec, idx, budget_usd=budget_usd)

@@ -10,6 +10,8 @@ from labeler.explanation import formatting as fmt
 from labeler.llm.types import RejectedAnswer
 from labeler.records import ActivationExample, Explanation, FeatureRecord, LLMUsage
 
+DEFAULT_SAMPLING = "mixed"
+
 
 class Explainer:
     """``await explainer.explain(record) -> Explanation``; reads only ``record.select("train", ...)``."""
@@ -70,11 +72,22 @@ class LLMExplainer(Explainer):
     common_defaults: ClassVar[dict[str, Any]] = {
         "n_examples": 10, "context_tokens": 32, "max_tokens": 60, "temperature": 0.0,
         "retries": 2, "max_chars": 200, "prompt_version": None,
+        # which train examples are shown (formatting.pick_train); "mixed" won on the eval
+        # harness (README, "Explainer sampling")
+        "sampling": DEFAULT_SAMPLING, "mixed_top": 4, "mixed_random": 2,
+        "mark_threshold": None,  # None: the prompt version's (v2: 0.3 of the example's max)
     }
 
     def __init__(self, llm: Any = None, **options: Any):
         super().__init__(llm, **options)
+        if self.options["sampling"] not in fmt.SAMPLINGS:
+            raise ConfigError(f"explainer option sampling={self.options['sampling']!r}: choose one of "
+                              f"{', '.join(fmt.SAMPLINGS)}")
+        threshold = self.options["mark_threshold"]
+        if threshold is not None and not (isinstance(threshold, (int, float)) and 0 < threshold <= 1):
+            raise ConfigError(f"explainer option mark_threshold={threshold!r} must be in (0, 1]")
         self.prompt: PromptTemplate = load_prompt(self.prompt_name, self.options["prompt_version"])
+        self.style = fmt.Style.from_meta(self.prompt.meta, threshold)
 
     @classmethod
     def option_defaults(cls) -> dict[str, Any]:
@@ -82,7 +95,9 @@ class LLMExplainer(Explainer):
 
     # -- what subclasses provide --
     def select(self, record: FeatureRecord) -> list[ActivationExample]:
-        return fmt.pick_train(record, int(self.options["n_examples"]))
+        o = self.options
+        return fmt.pick_train(record, int(o["n_examples"]), o["sampling"], mixed_top=int(o["mixed_top"]),
+                              mixed_random=int(o["mixed_random"]))
 
     def variables(self, record: FeatureRecord, shown: list[ActivationExample]) -> dict[str, Any]:
         raise NotImplementedError
@@ -94,12 +109,14 @@ class LLMExplainer(Explainer):
         return fmt.clean_explanation(text, int(self.options["max_chars"]))
 
     # -- shared helpers --
-    def levels(self, record: FeatureRecord, shown: list[ActivationExample], e: ActivationExample) -> tuple[list[str], list[int]]:
-        tokens, acts = fmt.crop(e, self.options["context_tokens"])
-        return tokens, fmt.normalise(acts, fmt.activation_scale(record, shown))
+    def views(self, record: FeatureRecord, shown: list[ActivationExample]) -> list[dict[str, str]]:
+        """Each shown example as the prompt version shows it (``text``, ``levels``, ``plain``,
+        ``pairs``; see ``formatting.show``)."""
+        scale = fmt.activation_scale(record, shown)
+        return [fmt.show(*fmt.crop(e, self.options["context_tokens"]), scale, self.style) for e in shown]
 
     def highlighted(self, record: FeatureRecord, shown: list[ActivationExample]) -> list[str]:
-        return [fmt.highlight(*self.levels(record, shown, e)) for e in shown]
+        return [v["text"] for v in self.views(record, shown)]
 
     def messages(self, record: FeatureRecord) -> tuple[list[dict[str, str]], list[ActivationExample]]:
         shown = self.select(record)

@@ -15,6 +15,7 @@ from collections import Counter
 from typing import Any, ClassVar
 
 from labeler.explanation.base import Explainer, register_explainer
+from labeler.explanation.formatting import pick_train
 from labeler.records import Explanation, FeatureRecord, LLMUsage
 
 ALGORITHM_VERSION = "v1"
@@ -41,14 +42,16 @@ def _over_represented(hits: Counter[str], background: Counter[str], k: int, min_
 class BaselineExplainer(Explainer):
     name = "baseline"
     needs_llm = False
-    defaults: ClassVar[dict[str, Any]] = {"n_examples": 20, "n_tokens": 3, "n_context": 2, "peak_fraction": 0.5}
+    # sampling "top": its token statistics compare the strongest peaks with the background
+    defaults: ClassVar[dict[str, Any]] = {"n_examples": 20, "n_tokens": 3, "n_context": 2, "peak_fraction": 0.5,
+                                          "sampling": "top"}
 
     async def explain(self, record: FeatureRecord, *, cache_salt: str | None = None) -> Explanation:
         return self.explain_sync(record)
 
     def explain_sync(self, record: FeatureRecord) -> Explanation:
         o = self.options
-        top = [e for e in record.select("train", "top", "quantile") if e.max_activation > 0][: int(o["n_examples"])]
+        top = pick_train(record, int(o["n_examples"]), str(o["sampling"]))
         background = record.select("train", "sample", "nonactivating")
         desc = f"baseline token statistics {ALGORITHM_VERSION}: {json.dumps(self.config, sort_keys=True)}"
         exp = Explanation(feature=record.feature, text="", explainer=self.name, llm_model=None,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+from labeler.core.errors import ConfigError
 from labeler.explanation import formatting as fmt
 from labeler.explanation.base import LLMExplainer, register_explainer
 from labeler.records import ActivationExample, FeatureRecord
@@ -18,11 +19,7 @@ class TokenActivationExplainer(LLMExplainer):
     defaults: ClassVar[dict[str, Any]] = {}
 
     def variables(self, record: FeatureRecord, shown: list[ActivationExample]) -> dict[str, Any]:
-        out = []
-        for e in shown:
-            tokens, levels = self.levels(record, shown, e)
-            out.append({"text": fmt.plain(tokens), "pairs": fmt.token_pairs(tokens, levels)})
-        return {"examples": out}
+        return {"examples": [{"text": v["plain"], "pairs": v["pairs"]} for v in self.views(record, shown)]}
 
 
 @register_explainer
@@ -34,7 +31,9 @@ class HighlightedExplainer(LLMExplainer):
     defaults: ClassVar[dict[str, Any]] = {}
 
     def variables(self, record: FeatureRecord, shown: list[ActivationExample]) -> dict[str, Any]:
-        return {"examples": self.highlighted(record, shown)}
+        views = self.views(record, shown)
+        # v1 templates take the marked strings; v2 ones each example's text and values
+        return {"examples": [v["text"] for v in views], "shown": views}
 
 
 @register_explainer
@@ -63,24 +62,37 @@ class LogitsExplainer(LLMExplainer):
     def variables(self, record: FeatureRecord, shown: list[ActivationExample]) -> dict[str, Any]:
         k = int(self.options["n_logit_tokens"])
         quote = lambda toks: ", ".join(f'"{t}"' for t in toks[:k])  # noqa: E731
-        return {"examples": self.highlighted(record, shown),
+        views = self.views(record, shown)
+        return {"examples": [v["text"] for v in views], "shown": views,
                 "promoted": quote(record.promoted_tokens), "suppressed": quote(record.suppressed_tokens)}
 
 
 @register_explainer
 class ContrastiveExplainer(LLMExplainer):
-    """Activating excerpts (marked) next to non-activating ones."""
+    """Activating excerpts (marked) next to non-activating ones: random non-activating windows,
+    or with ``negatives="hard"`` hard negatives (windows that resemble the activating ones but
+    do not fire), topped up with random ones when the store has too few."""
 
     name = "contrastive"
     prompt_name = "explain_contrastive"
-    defaults: ClassVar[dict[str, Any]] = {"n_examples": 8, "n_negative": 4}
+    defaults: ClassVar[dict[str, Any]] = {"n_examples": 8, "n_negative": 4, "negatives": "random"}
+
+    def __init__(self, llm: Any = None, **options: Any):
+        super().__init__(llm, **options)
+        if self.options["negatives"] not in ("random", "hard"):
+            raise ConfigError(f"contrastive option negatives={self.options['negatives']!r}: use 'random' or 'hard'")
 
     def negatives(self, record: FeatureRecord) -> list[ActivationExample]:
-        return record.select("train", "nonactivating")[: int(self.options["n_negative"])]
+        n = int(self.options["n_negative"])
+        hard = record.select("train", "hard_negative")[:n] if self.options["negatives"] == "hard" else []
+        taken = {e.window for e in hard}
+        return hard + [e for e in record.select("train", "nonactivating") if e.window not in taken][: n - len(hard)]
 
     def variables(self, record: FeatureRecord, shown: list[ActivationExample]) -> dict[str, Any]:
-        negs = [fmt.plain(fmt.crop(e, self.options["context_tokens"])[0]) for e in self.negatives(record)]
-        return {"examples": self.highlighted(record, shown), "negatives": negs}
+        negs = [fmt.plain(fmt.crop(e, self.options["context_tokens"])[0], self.style.visible)
+                for e in self.negatives(record)]
+        views = self.views(record, shown)
+        return {"examples": [v["text"] for v in views], "shown": views, "negatives": negs}
 
     def shown_windows(self, record: FeatureRecord, shown: list[ActivationExample]) -> list[int]:
         return [e.window for e in shown] + [e.window for e in self.negatives(record)]

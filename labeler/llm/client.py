@@ -38,7 +38,7 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait
 
 from labeler.core.config import Settings, get_settings
 from labeler.core.errors import LLMError
-from labeler.llm import params as shapes
+from labeler.llm import echo, params as shapes
 from labeler.llm.batch import BatchLineFailed, BatchOptions, BatchQueue
 from labeler.llm.budget import PROCESS_SPEND, Budget, SpendTracker
 from labeler.llm.cache import ResponseCache, cache_url, open_cache, request_key
@@ -55,7 +55,7 @@ MODES = ("sync", "batch")
 
 # --- per-process shared state -----------------------------------------------------------------
 
-_LOGPROB_SUPPORT: dict[tuple[str, str], bool] = {}
+_LOGPROB_SUPPORT: dict[tuple[str, ...], bool] = {}
 _SEMAPHORES: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[int, asyncio.Semaphore]]" = (
     weakref.WeakKeyDictionary()
 )
@@ -259,6 +259,24 @@ class LLMClient:
                 params["top_logprobs"] = top_logprobs
         if response_format is not None:
             params["response_format"] = response_format
+        return await self._request(params, cache_salt, use_cache, validate)
+
+    async def complete_echo(self, prompt: str, top_logprobs: int, *, use_cache: bool = True,
+                            validate: Callable[[LLMResponse], Any] | None = None) -> LLMResponse:
+        """The prompt scored, nothing generated (``labeler.llm.echo``): cached, budgeted,
+        retried and validated like :meth:`chat`; always a direct request, never batched."""
+        return await self._request(echo.params(self.model, prompt, top_logprobs), None, use_cache, validate)
+
+    async def supports_prompt_logprobs(self) -> bool:
+        """Whether the endpoint returns prompt logprobs (vLLM's completions echo); probed once
+        per (base_url, model) in this process."""
+        key = (str(self.base_url), self.model, "echo")
+        if key not in _LOGPROB_SUPPORT:
+            _LOGPROB_SUPPORT[key] = await echo.probe(self)
+        return _LOGPROB_SUPPORT[key]
+
+    async def _request(self, params: dict[str, Any], cache_salt: str | None, use_cache: bool,
+                       validate: Callable[[LLMResponse], Any] | None) -> LLMResponse:
         cache = self._cache if use_cache else None
         key = request_key({**params, "base_url": self.base_url, "salt": cache_salt})
         if cache is not None and (hit := cache.get(key)) is not None:
@@ -273,7 +291,7 @@ class LLMClient:
             cache.delete(key)
 
         self._check_budget()
-        batch = self.mode == "batch"
+        batch = self.mode == "batch" and "prompt" not in params  # batches hold chat requests only
         if batch:
             resp = await self._through_batch(key, params)
         else:
@@ -310,7 +328,9 @@ class LLMClient:
         raise LLMError(f"{self.model} keeps refusing parameters of the request", kind="http_400")
 
     async def _with_retries(self, params: dict[str, Any]) -> LLMResponse:
-        token_estimate = sum(len(str(m.get("content", ""))) for m in params["messages"]) // 4 + params["max_tokens"]
+        chars = len(params["prompt"]) if "prompt" in params else sum(len(str(m.get("content", "")))
+                                                                      for m in params["messages"])
+        token_estimate = chars // 4 + params["max_tokens"]
         attempts = 0
         try:
             async for attempt in AsyncRetrying(
@@ -330,6 +350,8 @@ class LLMClient:
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _once(self, params: dict[str, Any]) -> LLMResponse:
+        if "prompt" in params:
+            return echo.parse(await self._client().completions.create(**params), params, self.model)
         for _ in range(4):  # at most one reshape per refused parameter
             try:
                 completion = await self._client().chat.completions.create(**self._shape(params))

@@ -38,6 +38,16 @@ def _fmt(v: Any, digits: int = 3) -> str:
 _ENV.filters["fmt"] = _fmt
 
 
+def _ci(interval: Any) -> str:
+    """``[low, high]`` of a confidence interval, ``[–]`` when there is none."""
+    if interval is None or interval.low is None:
+        return "[–]"
+    return f"[{_fmt(interval.low)}, {_fmt(interval.high)}]"
+
+
+_ENV.filters["ci"] = _ci
+
+
 @dataclass
 class FeatureShowcase:
     feature: int

@@ -1,8 +1,14 @@
-"""Pure statistics behind a report: distributions, chance lines, paired tests, agreement."""
+"""Pure statistics behind a report: distributions, chance lines, paired tests, agreement.
+
+Every mean carries a bootstrap confidence interval (95 %, BCa; percentile where BCa is
+undefined or too slow); paired comparisons are Holm-corrected across the whole report (one
+family: every scorer and pair of configurations); score means weighted by feature density
+sit beside the plain ones, with Kish's effective number of features."""
 
 from __future__ import annotations
 
 import math
+import warnings
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from itertools import combinations
@@ -11,11 +17,11 @@ from typing import Any
 import numpy as np
 from scipy import stats as sps
 
-from labeler.db.views import ScoreRow
+from labeler.db.views import FeatureRow, ScoreRow
 from labeler.report.data import ReportData
 
 # The scorer whose value ranks best/worst features when present (most informative first).
-PREFERRED_METHODS = ("simulation", "detection", "fuzzing", "embedding", "rubric")
+PREFERRED_METHODS = ("simulation", "detection", "fuzzing", "embedding", "rubric", "intruder")
 
 
 def _finite(v: float | None) -> bool:
@@ -30,6 +36,64 @@ def _clean(x: float | None) -> float | None:
     return x if math.isfinite(x) else None
 
 
+CONFIDENCE = 0.95
+ALPHA = 0.05
+BOOTSTRAP_RESAMPLES = 2000
+BCA_MAX_N = 5000  # BCa's jackknife is O(n^2): above this the percentile interval is used
+
+
+@dataclass
+class Interval:
+    """A bootstrap confidence interval of a mean (``CONFIDENCE``), or why there is none."""
+
+    low: float | None = None
+    high: float | None = None
+    method: str = "none"  # "BCa" | "percentile" | "none"
+    note: str = ""
+
+
+def bootstrap_ci(values: list[float], weights: list[float] | None = None, seed: str = "") -> Interval:
+    """Bootstrap CI of the (optionally weighted) mean, resampling features; BCa, with the
+    percentile interval where BCa is undefined (constant data) or too slow (n > BCA_MAX_N)."""
+    x = np.asarray(values, dtype=float)
+    if x.size < 2:
+        return Interval(note=f"needs at least 2 values (have {x.size})")
+    rng = np.random.default_rng(int.from_bytes(seed.encode()[:8].ljust(8, b"\0"), "little"))
+    if weights is None:
+        data: tuple = (x,)
+
+        def stat(a, axis=-1):
+            return np.mean(a, axis=axis)
+    else:
+        data = (x, np.asarray(weights, dtype=float))
+
+        def stat(a, w, axis=-1):
+            return np.sum(a * w, axis=axis) / np.sum(w, axis=axis)
+    methods = ("BCa", "percentile") if x.size <= BCA_MAX_N else ("percentile",)
+    for method in methods:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            res = sps.bootstrap(data, stat, n_resamples=BOOTSTRAP_RESAMPLES, confidence_level=CONFIDENCE,
+                                method=method, paired=weights is not None, vectorized=True, rng=rng)
+        low, high = _clean(res.confidence_interval.low), _clean(res.confidence_interval.high)
+        if low is not None and high is not None:
+            return Interval(low, high, method)
+    mean = _clean(float(stat(*data)))
+    return Interval(mean, mean, "percentile", "constant values")
+
+
+def holm(p_values: list[float | None]) -> list[float | None]:
+    """Holm-Bonferroni adjusted p-values (input order; None stays None, outside the family)."""
+    idx = sorted((i for i, p in enumerate(p_values) if p is not None), key=lambda i: p_values[i])  # type: ignore[arg-type,return-value]
+    m = len(idx)
+    out: list[float | None] = [None] * len(p_values)
+    running = 0.0
+    for rank, i in enumerate(idx):
+        running = max(running, min(1.0, (m - rank) * float(p_values[i])))  # type: ignore[arg-type]
+        out[i] = running
+    return out
+
+
 @dataclass
 class Distribution:
     method: str
@@ -40,6 +104,11 @@ class Distribution:
     mean: float | None
     median: float | None
     std: float | None
+    ci: Interval = field(default_factory=Interval)  # of the mean
+    weighted_mean: float | None = None  # weighted by feature density (firing rate)
+    weighted_ci: Interval = field(default_factory=Interval)
+    n_eff: float | None = None  # Kish's effective number of features under the density weights
+    weight_coverage: float | None = None  # features with a known density / features scored
     values: list[float] = field(repr=False, default_factory=list)
 
 
@@ -50,6 +119,7 @@ class ChanceLine:
     method: str
     n: int
     mean: float | None
+    ci: Interval = field(default_factory=Interval)
     values: list[float] = field(repr=False, default_factory=list)
 
 
@@ -68,6 +138,9 @@ class PairedComparison:
     statistic: float | None
     p_value: float | None
     note: str = ""
+    diff_ci: Interval = field(default_factory=Interval)  # bootstrap CI of the mean per-feature difference
+    p_holm: float | None = None  # Holm-adjusted over every comparison of the report
+    significant: bool = False  # p_holm < ALPHA
 
 
 @dataclass
@@ -124,23 +197,36 @@ class Analysis:
         }
 
 
-def distributions(scores: list[ScoreRow]) -> list[Distribution]:
+def distributions(scores: list[ScoreRow], features: dict[int, FeatureRow] | None = None) -> list[Distribution]:
+    """Per (scorer, configuration): n, mean with its bootstrap CI, median, std, and the mean
+    weighted by feature density beside the plain one (a label that is good on the features
+    that fire most is worth more per token of text)."""
     groups: dict[tuple[str, str], list[ScoreRow]] = defaultdict(list)
     for s in scores:
         if not s.control:
             groups[(s.method, s.configuration)].append(s)
     out = []
     for (method, label), rows in sorted(groups.items()):
-        vals = [float(r.value) for r in rows if not r.failed and _finite(r.value)]
+        ok = [r for r in rows if not r.failed and _finite(r.value)]
+        vals = [float(r.value) for r in ok]  # type: ignore[arg-type]
         arr = np.asarray(vals, dtype=float)
-        out.append(Distribution(
+        d = Distribution(
             method=method, label=label, n=len(vals), n_failed=sum(1 for r in rows if r.failed),
             n_undefined=sum(1 for r in rows if not r.failed and not _finite(r.value)),
             mean=_clean(arr.mean()) if len(arr) else None,
             median=_clean(np.median(arr)) if len(arr) else None,
             std=_clean(arr.std(ddof=1)) if len(arr) > 1 else None,
-            values=vals,
-        ))
+            ci=bootstrap_ci(vals, seed=f"{method}|{label}"), values=vals,
+        )
+        density = {f: row.density for f, row in (features or {}).items() if _finite(row.density) and row.density > 0}
+        pairs = [(float(r.value), density[r.feature]) for r in ok if r.feature in density]  # type: ignore[arg-type]
+        if pairs:
+            v, w = (np.asarray(x, dtype=float) for x in zip(*pairs))
+            d.weighted_mean = _clean(float((v * w).sum() / w.sum()))
+            d.n_eff = _clean(float(w.sum() ** 2 / (w ** 2).sum()))
+            d.weight_coverage = len(pairs) / len(vals)
+            d.weighted_ci = bootstrap_ci(v.tolist(), w.tolist(), seed=f"{method}|{label}|density")
+        out.append(d)
     return out
 
 
@@ -149,7 +235,8 @@ def chance_lines(scores: list[ScoreRow]) -> dict[str, ChanceLine]:
     for s in scores:
         if s.control and not s.failed and _finite(s.value):
             groups[s.method].append(float(s.value))  # type: ignore[arg-type]
-    return {m: ChanceLine(method=m, n=len(v), mean=_clean(float(np.mean(v))), values=v)
+    return {m: ChanceLine(method=m, n=len(v), mean=_clean(float(np.mean(v))), values=v,
+                          ci=bootstrap_ci(v, seed=f"{m}|chance"))
             for m, v in sorted(groups.items())}
 
 
@@ -196,13 +283,19 @@ def paired_comparisons(scores: list[ScoreRow], labels: list[str], methods: list[
             va = [per_label[a][f] for f in common]
             vb = [per_label[b][f] for f in common]
             test, stat, p, note = paired_test(va, vb)
+            diffs = np.subtract(va, vb)
             out.append(PairedComparison(
                 method=method, a=a, b=b, n=len(common),
                 mean_a=_clean(np.mean(va)), mean_b=_clean(np.mean(vb)),
-                mean_diff=_clean(np.mean(np.subtract(va, vb))),
+                mean_diff=_clean(np.mean(diffs)),
                 a_wins=sum(x > y for x, y in zip(va, vb)), b_wins=sum(y > x for x, y in zip(va, vb)),
                 test=test, statistic=stat, p_value=p, note=note,
+                diff_ci=bootstrap_ci(diffs.tolist(), seed=f"{method}|{a}|{b}"),
             ))
+    # one family: every comparison of the report (scorers x configuration pairs)
+    for c, adjusted in zip(out, holm([c.p_value for c in out])):
+        c.p_holm = adjusted
+        c.significant = adjusted is not None and adjusted < ALPHA
     return out
 
 
@@ -275,7 +368,7 @@ def primary_method(methods: list[str]) -> str | None:
 def analyse(data: ReportData) -> Analysis:
     methods, labels = data.methods, data.labels
     pm = primary_method(methods)
-    dists = distributions(data.scores)
+    dists = distributions(data.scores, data.features)
     # The primary configuration: the one with the best mean primary score (what a user would pick).
     pl = None
     cands = [d for d in dists if d.method == pm and d.mean is not None]

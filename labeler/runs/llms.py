@@ -47,7 +47,7 @@ def build_stages(spec: LabelSpec, pool: LLMPool, *, explain: bool, score: bool, 
                  budget: Any = None) -> Stages:
     """The job's explainer and scorers, their clients in ``mode`` (sync | batch) charging ``budget``."""
     from labeler.explanation import EXPLAINERS, get_explainer
-    from labeler.scoring import SCORERS, get_scorer
+    from labeler.scoring import get_scorer, scorer_class
 
     models = {"explainer": spec.explainer_model, "simulator": spec.simulator_model, "scorer": spec.scorer_model}
 
@@ -67,7 +67,7 @@ def build_stages(spec: LabelSpec, pool: LLMPool, *, explain: bool, score: bool, 
     scorers: dict[str, Any] = {}
     if score:
         for name in spec.scorers:
-            cls = SCORERS[name]
+            cls = scorer_class(name)
             llm = client(cls.llm_role, models[cls.llm_role]) if cls.uses_llm else None
             scorers[name] = get_scorer(name, llm=llm, **spec.scorer_options.get(name, {}))
     return Stages(explainer, scorers)

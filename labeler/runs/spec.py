@@ -153,7 +153,7 @@ def validate(label: LabelSpec, settings: Settings, stages: tuple[str, ...] = STA
     """Fail early, saying what to do, when a name is unknown or a stage needs an LLM endpoint
     that is not configured."""
     from labeler.explanation import EXPLAINERS
-    from labeler.scoring import SCORERS
+    from labeler.scoring import SCORERS, scorer_class
 
     if "explain" in stages:
         cls = EXPLAINERS.get(label.explainer_base)
@@ -165,9 +165,7 @@ def validate(label: LabelSpec, settings: Settings, stages: tuple[str, ...] = STA
                 "OPENAI_BASE_URL / OPENAI_API_KEY (or LABELER_EXPLAINER_BASE_URL), or use --explainer baseline")
     if "score" in stages:
         for name in label.scorers:
-            scorer = SCORERS.get(name)
-            if scorer is None:
-                raise ConfigError(f"unknown scorer {name!r}; choose from {', '.join(SCORERS)}")
+            scorer = scorer_class(name)  # ConfigError naming the choices for an unknown name
             if scorer.needs_llm and not settings.llm_role(scorer.llm_role).configured:
                 offline = sorted(n for n, c in SCORERS.items() if not c.needs_llm)
                 raise ConfigError(

@@ -7,7 +7,9 @@ res = await scorer.score(record, explanation_text)            # split="test", co
 ctrl = await scorer.score(record, pick_control_explanation(record.feature, texts_by_feature), control=True)
 ```
 
-Scorers: simulation (headline), detection, fuzzing, embedding (offline), rubric.  The math is in
+Scorers: simulation (headline), detection, fuzzing, embedding (offline), rubric, intruder,
+intruder_embedding (offline).  ``get_scorer("detection:hard")`` is detection with
+``negatives="hard"`` (likewise fuzzing, embedding, intruder, intruder_embedding).  The math is in
 :mod:`labeler.scoring.metrics` (pure functions).  Scorers never raise on LLM failure; they return
 ``ScoreResult(failed=True, error=...)``; ``BudgetExceeded`` propagates.
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Mapping
+from dataclasses import fields
 from typing import Any
 
 from labeler.core.errors import ConfigError
@@ -25,6 +28,7 @@ from labeler.scoring.base import SCORERS, Scorer, ScorerOptions
 from labeler.scoring.simulation import SimulationScorer
 from labeler.scoring.judges import DetectionScorer, FuzzingScorer, RubricScorer
 from labeler.scoring.embedding import EmbeddingScorer
+from labeler.scoring.intruder import EmbeddingIntruderScorer, IntruderScorer
 
 
 def get_scorer(name: str, llm: Any = None, **options: Any) -> Scorer:
@@ -34,11 +38,28 @@ def get_scorer(name: str, llm: Any = None, **options: Any) -> Scorer:
     detection, fuzzing and rubric need one (ConfigError otherwise).  Unknown names or options
     raise ConfigError naming them.
     """
-    try:
-        cls = SCORERS[name]
-    except KeyError:
-        raise ConfigError(f"unknown scorer {name!r}; choose from {', '.join(SCORERS)}") from None
+    cls = scorer_class(name)
+    if name.endswith(HARD_SUFFIX):
+        options.setdefault("negatives", "hard")
     return cls(llm=llm, **options)
+
+
+HARD_SUFFIX = ":hard"
+
+
+def scorer_class(name: str) -> type[Scorer]:
+    """The class of a scorer name; ``<name>:hard`` is ``<name>`` with hard negatives."""
+    base = name[: -len(HARD_SUFFIX)] if name.endswith(HARD_SUFFIX) else name
+    cls = SCORERS.get(base)
+    if cls is None or (base != name and "negatives" not in {f.name for f in fields(cls.Options)}):
+        raise ConfigError(f"unknown scorer {name!r}; choose from {', '.join(SCORERS)} (with hard negatives: "
+                          f"{', '.join(n + HARD_SUFFIX for n in with_negatives())})")
+    return cls
+
+
+def with_negatives() -> list[str]:
+    """Scorers that take ``negatives`` (random or hard)."""
+    return [n for n, c in SCORERS.items() if "negatives" in {f.name for f in fields(c.Options)}]
 
 
 def pick_control_explanation(feature: int, explanations_by_feature: Mapping[int, str], seed: int = 0) -> str | None:
@@ -53,5 +74,5 @@ def pick_control_explanation(feature: int, explanations_by_feature: Mapping[int,
     return explanations_by_feature[random.Random(f"control:{seed}:{feature}").choice(others)]
 
 
-__all__ = ["SCORERS", "get_scorer", "pick_control_explanation", "metrics", "Scorer", "ScorerOptions",
-           "SimulationScorer", "DetectionScorer", "FuzzingScorer", "EmbeddingScorer", "RubricScorer"]
+__all__ = ["SCORERS", "get_scorer", "scorer_class", "with_negatives", "IntruderScorer", "EmbeddingIntruderScorer", "pick_control_explanation", "metrics", "Scorer", "ScorerOptions",
+           "HARD_SUFFIX", "SimulationScorer", "DetectionScorer", "FuzzingScorer", "EmbeddingScorer", "RubricScorer"]

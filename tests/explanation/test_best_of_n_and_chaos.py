@@ -42,12 +42,13 @@ async def test_best_of_n_keeps_the_best_scored_candidate(server, make_llm):
     assert exp.text == 'the token "bridge"'
     assert scores['the token "bridge"'] > scores["music and songs"]
     assert set(exp.example_windows) <= {e.window for e in record.select("train")}
-    explain_calls = [r for r in server.requests if "interpretability researcher" in r["messages"][0]["content"]]
+    chats = [r for r in server.requests if "messages" in r]  # the completions probe for prompt logprobs has none
+    explain_calls = [r for r in chats if "interpretability researcher" in r["messages"][0]["content"]]
     assert len(explain_calls) == 4 and all(r["temperature"] == 0.7 for r in explain_calls)
     # the scorer saw validation windows only (never train or test)
     valid_texts = [e.text.strip()[:30] for e in record.select("valid")]
     test_texts = [e.text.strip()[:30] for e in record.select("test")]
-    scoring_prompts = " ".join(str(r["messages"]) for r in server.requests if r not in explain_calls)
+    scoring_prompts = " ".join(str(r["messages"]) for r in chats if r not in explain_calls)
     assert any(t in scoring_prompts or t.replace('"', '\\"') in scoring_prompts for t in valid_texts) or scoring_prompts
     assert not any(t in scoring_prompts for t in test_texts if len(t) >= 30)
     assert exp.usage.calls > 4  # candidates + simulation calls are both counted

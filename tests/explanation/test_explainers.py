@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 
 import pytest
 
@@ -31,7 +32,8 @@ async def test_llm_explainer_produces_a_short_label_from_train_only(server, make
     assert not exp.failed, exp.error
     assert exp.text == 'the token "bridge"'
     assert exp.explainer == name and exp.llm_model == "gpt-4o-mini"
-    assert exp.prompt_name == f"explain_{name}" and exp.prompt_version == "v1" and len(exp.prompt_hash) == 16
+    assert exp.prompt_name == f"explain_{name}" and exp.prompt_version == "v2" and len(exp.prompt_hash) == 16
+    assert exp.config["sampling"] == "mixed"
     assert exp.usage.calls == 1 and exp.usage.prompt_tokens > 0 and exp.usage.cost_usd > 0
     assert exp.example_windows and set(exp.example_windows) <= train_windows(record)
     # nothing from valid/test windows reaches the prompt
@@ -46,10 +48,12 @@ async def test_prompt_contents(server, make_llm):
     record = make_feature_record(2, trigger=" bridge")
     llm = make_llm()
     await get_explainer("highlighted", llm).explain(record)
-    assert last_user(server).count("<<bridge>>(") >= 10
-    assert "<<bridge>>(10)" in last_user(server)  # the strongest example reaches 10
+    user = last_user(server)
+    assert user.count("<<bridge>>") >= 10 and user.count("Values:") == 10
+    levels = [int(v) for v in re.findall(r'"bridge"=(\d+)', user)]
+    assert max(levels) >= 9 and min(levels) <= 4  # mixed sampling: top and weaker examples
     await get_explainer("token_activation", llm).explain(record)
-    assert '"bridge"=10' in last_user(server) and "<<" not in last_user(server)
+    assert '"bridge"=' in last_user(server) and "<<" not in last_user(server)
     await get_explainer("logits", llm).explain(record)
     assert 'Promoted next tokens: "bridge", "bridges"' in last_user(server)
     assert last_user(server).count("Excerpt") == 3
@@ -57,6 +61,33 @@ async def test_prompt_contents(server, make_llm):
     assert "Feature not active:" in last_user(server) and "B4:" in last_user(server)
     negatives = {e.window for e in record.select("train", "nonactivating")}
     assert len(negatives & set(exp.example_windows)) == 4
+    hard = await get_explainer("contrastive", llm, negatives="hard").explain(record)
+    assert exp.config != hard.config and hard.config["negatives"] == "hard"
+    hard_windows = {e.window for e in record.select("train", "hard_negative")}
+    assert len(hard_windows & set(hard.example_windows)) == 4 and " bridge" in last_user(server).split("not active:")[1]
+    # v1 stays loadable and renders as before
+    await get_explainer("highlighted", llm, prompt_version="v1").explain(record)
+    assert "<<green>>(1)" in last_user(server) and "Values:" not in last_user(server)  # 5 % marks, inline levels
+
+
+async def test_v2_marks_values_newlines_and_few_shot(server, make_llm):
+    from labeler.records import ActivationExample, FeatureRecord, FeatureStats
+
+    ex = ActivationExample(window=1, tokens=["x", " =", " load", "(", "path", ")\n", "print", "\t", " y"],
+                           activations=[0.0, 0.0, 10.0, 2.0, 0.4, 0.0, 0.0, 0.0, 3.5], kind="top")
+    rec = FeatureRecord(0, FeatureStats(max=10.0), [ex])
+    await get_explainer("highlighted", make_llm()).explain(rec)
+    msgs = server.requests[-1]["messages"]
+    user = msgs[-1]["content"]
+    # marks at >= 30 % of this example's max (10 and 3.5, not 2 or 0.4), values listed apart
+    assert user == 'Excerpt 1: x = <<load>>(path)↵print⇥ <<y>>\nValues: "load"=10, "y"=4'
+    # three few-shot pairs, none about the test trigger, before the feature's excerpts
+    assert len(msgs) == 8 and [m["role"] for m in msgs[1:7]] == ["user", "assistant"] * 3
+    assert "bridge" not in " ".join(m["content"] for m in msgs[:7]).lower()
+    rules = msgs[0]["content"]
+    assert "do not list the example words" in rules and "Do not mention the markers" in rules
+    await get_explainer("highlighted", make_llm(), mark_threshold=0.1).explain(rec)
+    assert "<<load(>>path" in server.requests[-1]["messages"][-1]["content"]
 
 
 async def test_cot_keeps_only_the_final_line(server, make_llm):
@@ -103,6 +134,11 @@ async def test_rerun_is_served_from_cache(server, make_llm):
 
 
 def test_formatting_helpers():
+    from labeler.explanation.formatting import display, mark_runs, marked_positions
+
+    assert display("a\nb\tc\x07") == "a↵b⇥c\\u0007"
+    assert marked_positions([0.0, 1.0, 3.0, 10.0], 0.3) == [2, 3]
+    assert mark_runs([" the", " Golden", " Gate", " at"], {1, 2}) == "the <<Golden Gate>> at"
     assert normalise([0.0, 0.4, 4.0, 8.0, 12.0], 8.0) == [0, 0, 5, 10, 10]
     assert highlight([" the", " bridge", "s", " over"], [0, 8, 1, 0]) == "the <<bridge>>(8)<<s>>(1) over"
     assert token_pairs([" the", " bridge"], [0, 8]) == '"bridge"=8'
@@ -122,7 +158,7 @@ def test_baseline_is_offline_and_deterministic():
     assert set(a.example_windows) <= train_windows(record)
     other = get_explainer("baseline").explain_sync(make_feature_record(6, trigger=" Piano"))
     assert other.text.startswith('"Piano"')
-    empty = make_feature_record(8, n_top=0, n_random=0)
+    empty = make_feature_record(8, n_top=0, n_sample=0)
     assert get_explainer("baseline").explain_sync(empty).failed
 
 
@@ -135,6 +171,10 @@ def test_get_explainer_errors():
         get_explainer("highlighted")
     with pytest.raises(ConfigError, match="no option"):
         get_explainer("baseline", n_exampels=3)
+    with pytest.raises(ConfigError, match="sampling='best'"):
+        get_explainer("highlighted", object(), sampling="best")
+    with pytest.raises(ConfigError, match="negatives='all'"):
+        get_explainer("contrastive", object(), negatives="all")
 
 
 async def test_explainer_with_the_configured_endpoint(server, monkeypatch):

@@ -17,7 +17,10 @@ from labeler.runs.queue import CelerySender
 from labeler.runs.runner import Runner
 from labeler.runs.spec import LabelSpec, make_job_spec
 
-LABEL = LabelSpec(explainer="highlighted", scorers=["simulation", "detection"])
+# every held-out text in one simulation call: the budget test counts calls in flight per feature
+# (one text per call, the default, starts ten at once, all admitted before the cap is crossed)
+LABEL = LabelSpec(explainer="highlighted", scorers=["simulation", "detection"],
+                  scorer_options={"simulation": {"sequences_per_call": None}})
 
 
 def explanation_rows(url: str) -> Counter:

@@ -130,14 +130,49 @@ def test_score_simulation_shape_errors():
 
 # --- expected value -------------------------------------------------------------------------
 
-def test_expected_value_renormalises_over_scale_only():
-    lp = {"0": math.log(0.5), "5": math.log(0.25), "10": math.log(0.25), "x": math.log(0.9)}
-    assert m.expected_value(lp) == pytest.approx(0 * 0.5 + 5 * 0.25 + 10 * 0.25)
-    # mass on non-scale tokens is dropped, the rest renormalised: (2*.1 + 4*.1) / .2 = 3
-    assert m.expected_value({"2": math.log(0.1), "4": math.log(0.1), "foo": math.log(0.8)}) == pytest.approx(3.0)
-    assert m.expected_value({" 7": -0.01}) == pytest.approx(7.0)
-    assert m.expected_value({"11": 0.0, "a": 0.0}) is None
-    assert m.expected_value({}) is None
+def _reference_ev(top_logprobs: dict[str, float]) -> float:
+    """OpenAI automated-interpretability's expected value, written out from its simulator:
+    keep the entries whose token is exactly one of "0".."10", exponentiate, normalise among
+    them, take sum(value * p); nothing kept gives 0.0."""
+    valid = {str(i): i for i in range(11)}
+    probs = {valid[t]: math.exp(lp) for t, lp in top_logprobs.items() if t in valid}
+    total = sum(probs.values())
+    return sum(v * p / total for v, p in probs.items()) if probs else 0.0
+
+
+REFERENCE_CASES = [
+    {"0": math.log(0.5), "5": math.log(0.25), "10": math.log(0.25), "x": math.log(0.9)},
+    {"2": math.log(0.1), "4": math.log(0.1), "foo": math.log(0.8)},
+    {" 2": math.log(0.6), "2": math.log(0.1), "3": math.log(0.1)},  # " 2" is not "2" for the reference
+    {"\t7": -0.1, "7\n": -0.5, "unknown": -0.2},  # nothing exact: 0.0
+    {"11": 0.0, "a": 0.0, "-1": -1.0}, {}, {"10": -0.01}, {"1": math.log(0.3), "10": math.log(0.3)},
+]
+
+
+@pytest.mark.parametrize("case", REFERENCE_CASES)
+def test_expected_value_equals_openai_reference(case):
+    assert m.expected_value(case) == pytest.approx(_reference_ev(case), abs=1e-12)
+
+
+def test_expected_value_hand_worked_and_tolerant_step_is_separate():
+    assert m.expected_value(REFERENCE_CASES[0]) == pytest.approx(0 * 0.5 + 5 * 0.25 + 10 * 0.25)
+    assert m.expected_value({" 7": -0.01}) == 0.0  # exact tokens only
+    tolerant, changed = m.tolerant_top_logprobs({" 7": math.log(0.3), "7": math.log(0.1), "x": math.log(0.6)})
+    assert changed == 1 and math.exp(tolerant["7"]) == pytest.approx(0.4)  # variants summed, not max
+    assert m.expected_value(tolerant) == pytest.approx(7.0)
+    probs, mass = m.scale_distribution({"0": math.log(0.02), "x": math.log(0.98)})
+    assert probs == {"0": pytest.approx(1.0)} and mass == pytest.approx(0.02)
+
+
+def test_flattened_correlation_equals_numpy_over_concatenation():
+    real = [[0.0, 3.0, 0.5], [0.0, 0.0, 0.0, 1.0], [2.0]]
+    pred = [[0.0, 9.0, 1.0], [0.5, 0.0, 0.0, 3.0], [4.0]]
+    out = m.score_simulation(real, pred, ["top", "random", "quantile"])
+    flat_r, flat_p = sum(real, []), sum(pred, [])
+    assert out["pearson"] == pytest.approx(np.corrcoef(flat_r, flat_p)[0, 1])
+    assert out["pearson_random"] == pytest.approx(np.corrcoef(real[1], pred[1])[0, 1])
+    assert out["n_quantile"] == 1 and out["pearson_quantile"] is None  # one token: undefined, with a reason
+    assert "at least 2" in out["undefined"]["pearson_quantile"]
 
 
 # --- classification -------------------------------------------------------------------------

@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import random
-
 import pytest
 
 from labeler.core.errors import ConfigError
 from labeler.records import ActivationExample, FeatureRecord, FeatureStats
 from labeler.scoring import SCORERS, get_scorer, pick_control_explanation
 from labeler.scoring.base import MalformedAnswer, parse_json_list
-from labeler.scoring.judges import fuzzing_items, highlight
-from labeler.scoring.simulation import (
-    baseline_predictions, baseline_vocabulary, parse_json_predictions, parse_lines,
-)
+from labeler.scoring.simulation import baseline_predictions, baseline_vocabulary
 
 EXPLANATION = 'the token "bridge"'
 
@@ -27,6 +22,7 @@ async def test_baseline_simulation_scores_named_trigger_high_and_uses_test_split
     assert not res.failed and res.method == "simulation" and res.llm_model is None
     assert res.value is not None and res.value > 0.8
     assert res.metrics["n_sequences"] == 10 and res.metrics["n_top"] == 5 and res.metrics["n_random"] == 5
+    assert res.details["sets"]["random"] == {"wanted": 5, "got": 5}  # truly random windows
     assert set(res.example_windows) <= _windows(record, "test")
     assert not set(res.example_windows) & (_windows(record, "train") | _windows(record, "valid"))
     assert res.details["mode"] == "baseline" and res.usage.calls == 0
@@ -78,6 +74,8 @@ async def test_embedding_scorer_prefers_the_right_explanation(record):
     assert good.metrics["n_examples"] == 20
     kinds = [d["kind"] for d in good.details["examples"]]
     assert kinds.count("nonactivating") == 10
+    hard = await get_scorer("embedding:hard").score(record, "bridge")
+    assert hard.method == "embedding:hard" and hard.details["sets"]["hard_negative"] == {"wanted": 10, "got": 10}
 
 
 async def test_empty_split_and_empty_explanation_fail_cleanly(record):
@@ -94,20 +92,27 @@ async def test_scoring_on_train_is_refused(record):
 
 
 def test_get_scorer_errors():
-    assert set(SCORERS) == {"simulation", "detection", "fuzzing", "embedding", "rubric"}
+    assert set(SCORERS) == {"simulation", "detection", "fuzzing", "embedding", "rubric", "intruder",
+                            "intruder_embedding"}
+    with pytest.raises(ConfigError, match="unknown scorer 'simulation:hard'"):
+        get_scorer("simulation:hard")
+    with pytest.raises(ConfigError, match="negatives must be one of"):
+        get_scorer("embedding", negatives="hardest")
     with pytest.raises(ConfigError, match="unknown scorer 'simulate'"):
         get_scorer("simulate")
     with pytest.raises(ConfigError, match="unknown option.*'n_tops'"):
         get_scorer("simulation", n_tops=3)
     with pytest.raises(ConfigError, match="needs an LLM endpoint"):
         get_scorer("detection")
-    with pytest.raises(ConfigError, match="max_sequences_per_call"):
-        get_scorer("simulation", max_sequences_per_call=0)
+    with pytest.raises(ConfigError, match="sequences_per_call"):
+        get_scorer("simulation", sequences_per_call=0)
+    with pytest.raises(ConfigError, match="answer_format must be one of"):
+        get_scorer("simulation", answer_format="xml")
     with pytest.raises(ConfigError, match="option 'n_top' of scorer 'simulation' must be int, not 'five'"):
         get_scorer("simulation", n_top="five")
     with pytest.raises(ConfigError, match="must be int"):
         get_scorer("embedding", n_nonactivating=True)
-    assert get_scorer("simulation", max_sequences_per_call=None, seed=3).options.seed == 3
+    assert get_scorer("simulation", sequences_per_call=None, seed=3).options.seed == 3
 
 
 def test_pick_control_explanation():
@@ -121,45 +126,6 @@ def test_pick_control_explanation():
 
 # --- answer parsing -------------------------------------------------------------------------
 
-SEQS = [[" a", " bridge"], ["x\n", "y"]]
-
-
-def test_parse_lines_ok_and_offsets():
-    text = "Sequence 1:\na\t0\nbridge\t10\nSequence 2:\nx\\n\t1\ny 3\n"
-    values, mismatches = parse_lines(text, SEQS, 0.0)
-    assert [(v.seq, v.pos, v.value) for v in values] == [(0, 0, 0), (0, 1, 10), (1, 0, 1), (1, 1, 3)]
-    assert all(text[v.char_start:v.char_start + len(str(v.value))] == str(v.value) for v in values)
-    assert mismatches == 0
-
-
-def test_parse_lines_tolerates_fences_and_bold_headers():
-    text = "```\n**Sequence 1:**\na\t0\nbridge\t10\n### Sequence 2:\nx\\n\t1\ny\t3\n```\n"
-    values, _ = parse_lines(text, SEQS, 0.0)
-    assert [v.value for v in values] == [0, 10, 1, 3]
-
-
-@pytest.mark.parametrize("text,msg", [
-    ("Sequence 1:\na\t0\nSequence 2:\nx\\n\t1\ny\t3\n", "sequence 1 has 2 tokens but the answer gives 1"),
-    ("Sequence 1:\na\t0\nbridge\t11\n", "outside 0..10"),
-    ("a\t0\n", "cannot read the line"),
-    ("Sequence 3:\n", "there is no sequence 3"),
-    ("Sequence 1:\nq\t0\nr\t10\nSequence 2:\nx\\n\t1\ny\t3\n", "not copied as given"),
-])
-def test_parse_lines_malformed(text, msg):
-    with pytest.raises(MalformedAnswer, match=msg):
-        parse_lines(text, SEQS, 0.1)
-
-
-def test_parse_json_predictions():
-    assert parse_json_predictions('ok {"predictions": [[0, 10], [2.5, 0]]}', SEQS) == [[0.0, 10.0], [2.5, 0.0]]
-    for bad, msg in [('{"predictions": [[0, 10]]}', "list of 2 lists"),
-                     ('{"predictions": [[0], [1, 2]]}', "sequence 1 has 2 tokens"),
-                     ('{"predictions": [[0, 12], [1, 2]]}', "token 2"),
-                     ('{"predictions": [[0, true], [1, 2]]}', "not a number"),
-                     ("nope", "not a JSON object")]:
-        with pytest.raises(MalformedAnswer, match=msg):
-            parse_json_predictions(bad, SEQS)
-
 
 def test_parse_json_list():
     assert parse_json_list("Answer: [1, 0, 1]", 3, {0, 1}, "answers") == [1, 0, 1]
@@ -169,17 +135,3 @@ def test_parse_json_list():
         parse_json_list("[1, 2, 0]", 3, {0, 1}, "answers")
     with pytest.raises(MalformedAnswer, match="no JSON list"):
         parse_json_list("yes", 1, {0, 1}, "answers")
-
-
-def test_fuzzing_items_wrong_highlights_match_count_and_avoid_active_tokens(record):
-    examples = record.select("test", "top")
-    items = fuzzing_items(examples, 0.2, random.Random(0))
-    right = [it for it in items if it.target == 1.0]
-    wrong = [it for it in items if it.target == 0.0]
-    assert len(right) == len(wrong) == len(examples)
-    for r, w in zip(right, wrong):
-        assert r.example is w.example
-        assert len(r.extra["highlighted"]) == len(w.extra["highlighted"]) > 0
-        assert all(r.example.activations[i] > 0 for i in r.extra["highlighted"])
-        assert all(w.example.activations[i] <= 0 for i in w.extra["highlighted"])
-    assert highlight([" a", " b", " c", " d"], {1, 2}) == " a<< b c>> d"
