@@ -24,6 +24,7 @@ def steer(
     samples: int = typer.Option(1, "--samples", help="Continuations of each kind."),
     temperature: float = typer.Option(0.7, "--temperature", help="Sampling temperature (0: greedy)."),
     seed: int = typer.Option(0, "--seed", help="Both runs sample from this seed."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:N (default: settings)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """Print steered and unsteered continuations of a prompt side by side."""
@@ -40,7 +41,11 @@ def steer(
         raise InputError("give exactly one of --strength (add the decoder row) or --clamp (hold the activation)")
     iv = Intervention(feature, "add", strength) if strength is not None else Intervention(feature, "clamp", clamp)
     fs = FeatureStore(store)
-    subject = SubjectCache(get_settings()).get(fs)
+    fs.feature(feature)  # an unknown feature fails here, before the model loads
+    settings = get_settings()
+    if device:
+        settings = settings.model_copy(update={"device": device})
+    subject = SubjectCache(settings).get(fs)
     result = run_steer(subject, prompt, iv, max_new_tokens=max_new_tokens, samples=samples,
                        temperature=temperature, seed=seed)
     if as_json:
