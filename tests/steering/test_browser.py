@@ -14,11 +14,8 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
-import sys
 import time
-import urllib.request
 from html import unescape
 from pathlib import Path
 
@@ -135,17 +132,12 @@ class Browser:
         os.close(self._from_child)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(steer_store, tmp_path_factory):
     from labeler.core.naming import slugify
     from labeler.db import Repository
     from labeler.examples.store import FeatureStore
+    from labeler.testing.api_process import api_process
 
     root = tmp_path_factory.mktemp("steer-browser")
     url = f"sqlite:///{root / 'labeler.db'}"
@@ -153,29 +145,9 @@ def server(steer_store, tmp_path_factory):
     store = FeatureStore(steer_store.path)
     repo.catalog.register_store(store)
     repo.close()
-    port = _free_port()
-    log = root / "server.log"
-    env = {**os.environ, "LABELER_DATABASE_URL": url, "LABELER_API_WRITE_KEY": WRITE_KEY, "LABELER_DEVICE": "cpu",
-           "LABELER_DATA_DIR": str(root / "data")}
-    with open(log, "w") as fh:
-        proc = subprocess.Popen([sys.executable, "-m", "labeler", "serve", "--host", "127.0.0.1", "--port", str(port),
-                                 "--url", url], stdout=fh, stderr=subprocess.STDOUT, env=env)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(300):
-            if proc.poll() is not None:
-                pytest.fail(f"server exited: {log.read_text()}")
-            try:
-                urllib.request.urlopen(base + "/health", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.2)
-        else:
-            pytest.fail(f"server did not start: {log.read_text()}")
+    env = {"LABELER_API_WRITE_KEY": WRITE_KEY, "LABELER_DEVICE": "cpu", "LABELER_DATA_DIR": str(root / "data")}
+    with api_process(url, log=root / "server.log", env=env) as base:
         yield f"{base}/features/{slugify(store.model_name)}/{slugify(store.sae_name)}"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
 
 
 @pytest.fixture
