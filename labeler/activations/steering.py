@@ -194,6 +194,9 @@ class Subject:
             yield
             return
         self.check_feature(iv.feature)
+        if "transcoder" in self.encoder.architecture:
+            raise ConfigError(f"SAE {self.encoder.name!r} is a transcoder: its decoder writes to the module's "
+                              f"output, not to the hookpoint it reads, so it cannot be steered there")
 
         def on_output(_m, _args, out):
             if isinstance(out, (tuple, list)):

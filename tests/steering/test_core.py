@@ -191,6 +191,12 @@ def test_bad_input_is_refused_with_a_reason(subject, encoder_store):
         subject.generate(["word " * 600], None, max_new_tokens=2)
     with pytest.raises(InputError, match="max_new_tokens"):
         subject.generate(["The"], None, max_new_tokens=0)
+    from dataclasses import replace
+
+    transcoder = Subject(subject.model, subject.tokenizer, replace(subject.encoder, architecture="transcoder"),
+                         hook="transformer.h.0")
+    with pytest.raises(ConfigError, match="transcoder"):
+        transcoder.next_token_logits(PROMPTS, Intervention(1, "add", 1.0))
     bert = SubjectCache(Settings(device="cpu")).get(FeatureStore(encoder_store))
     with pytest.raises(InputError, match="encoder"):
         steer(bert, "I think that", Intervention(0, "add", 1.0))
