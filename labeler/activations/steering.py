@@ -126,8 +126,9 @@ class Subject:
                       lock: threading.Lock | None = None) -> "Subject":
         """The subject of a store: its hookpoint, its SAE (``manifest["sae"]["path"]``) and the
         special tokens collect framed every window with."""
-        m, frame = manifest["model"], manifest.get("settings", {}).get("frame", {})
-        encoder = load_encoder(str(manifest["sae"]["path"]), hook=m["hook"], d_model=int(m["d_model"]))
+        m, sae, frame = manifest["model"], manifest["sae"], manifest.get("settings", {}).get("frame", {})
+        spec = str(sae["name"]) if sae["path"] == "neurons" else str(sae["path"])  # neurons[:signs]
+        encoder = load_encoder(spec, hook=m["hook"], d_model=int(m["d_model"]))
         return cls(model, tokenizer, encoder, hook=m["hook"], hook_io=m.get("hook_io", "output"),
                    prefix=tuple(frame.get("prefix", ())), suffix=tuple(frame.get("suffix", ())), lock=lock)
 
@@ -155,11 +156,17 @@ class Subject:
 
     # -- the intervention ----------------------------------------------------------------------
     def direction(self, feature: int) -> torch.Tensor:
-        """The feature's decoder row [d_in] (float32; the unit's own axis for neurons)."""
+        """What one unit of the feature's activation adds on decoding [d_in] (float32): its decoder
+        row; the unit's own axis for neurons (pointing the other way for a neuron's negative side)."""
         self.check_feature(feature)
-        if self.encoder.W_dec is None:  # neurons: every unit of the hookpoint is a feature
-            return torch.nn.functional.one_hot(torch.tensor(int(feature)), self.encoder.d_in).float().to(self.device)
-        return self.encoder.W_dec[int(feature)].float()
+        enc = self.encoder
+        if enc.W_dec is None:  # neurons: every unit of the hookpoint is a feature (or two: its sides)
+            latent, side = int(feature) % enc.n_latents, int(feature) // enc.n_latents
+            axis = torch.nn.functional.one_hot(torch.tensor(latent), enc.d_in).float().to(self.device)
+            return -axis if enc.signs and enc.signs[side] == "neg" else axis
+        row = enc.W_dec[int(feature)].float()
+        # SAELens rescale_acts_by_decoder_norm: activations carry the row's norm, decoding divides it out
+        return row / row.norm().clamp_min(1e-12) if enc.rescale_by_decoder_norm else row
 
     def token_scale(self, flat: torch.Tensor) -> torch.Tensor | float:
         """Per-token factor of the SAE's input preprocessing: ``preprocess(h)`` is ``s * (h - m)``

@@ -156,6 +156,32 @@ def test_normalised_sae_inputs_map_back_per_token(subject, steer_store):
     assert torch.allclose(delta, expected, rtol=1e-4, atol=1e-6)
 
 
+def test_decoder_rows_of_rescaled_saes_and_of_neuron_sides(subject, steer_store):
+    """SAELens' rescale_acts_by_decoder_norm decodes with unit rows; a neuron's sides decode as
+    x = pos - neg, so clamping one side keeps the other."""
+    from dataclasses import replace
+
+    from labeler.activations.formats import neurons
+
+    f = steer_store.planted
+    wide = replace(subject.encoder, W_dec=subject.encoder.W_dec * 3.0, rescale_by_decoder_norm=True)
+    rescaled = Subject(subject.model, subject.tokenizer, wide, hook="transformer.h.0")
+    h = torch.randn(4, wide.d_in)
+    assert torch.allclose(rescaled.delta(h, Intervention(f, "add", 2.0)),
+                          (2.0 * subject.encoder.W_dec[f] / subject.encoder.W_dec[f].norm()).expand_as(h), atol=1e-6)
+    d = subject.encoder.d_in
+    sides = Subject(subject.model, subject.tokenizer, neurons(d, ("pos", "neg")), hook="transformer.h.0")
+    h = torch.tensor([[1.5] * d, [-2.0] * d])
+    pos = h + sides.delta(h, Intervention(3, "clamp", 4.0))
+    neg = h + sides.delta(h, Intervention(d + 3, "clamp", 4.0))
+    assert pos[:, 3].tolist() == [4.0, 2.0] and neg[:, 3].tolist() == [-2.5, -4.0]  # x = pos - neg
+    assert torch.equal(pos[:, :3], h[:, :3]) and torch.equal(neg[:, 4:], h[:, 4:])
+    plain = Subject(subject.model, subject.tokenizer, neurons(d), hook="transformer.h.0")
+    manifest = {"model": {"hook": "transformer.h.0", "d_model": d}, "sae": {"name": "neurons:pos,neg", "path": "neurons"}}
+    assert Subject.from_manifest(manifest, subject.model, subject.tokenizer).encoder.n_features == 2 * d
+    assert (h + plain.delta(h, Intervention(3, "clamp", 0.5)))[:, 3].tolist() == [0.5, 0.5]
+
+
 def test_activations_on_text_match_the_store(subject, steer_store):
     """A stored window's text, read back through the box, gives the activations collect stored
     (a window is a sequence of its own; only texts that retokenize to the same ids compare)."""
