@@ -16,12 +16,14 @@ from labeler.db import Repository
 from labeler.db.embeddings import EmbeddingUnavailable
 from labeler.runs.queue import sender_for
 from labeler.runs.runner import Runner
+from labeler.runs.subjects import SubjectCache
 
 
-def create_app(settings: Settings, repo: Repository | None = None) -> FastAPI:
-    """An app bound to ``repo`` (default: the database ``settings`` name)."""
+def create_app(settings: Settings, repo: Repository | None = None, subjects: SubjectCache | None = None) -> FastAPI:
+    """An app bound to ``repo`` (default: the database ``settings`` name) and to ``subjects``, the
+    subject models that steering and activations run (default: a new cache, one model)."""
     from labeler.api.deps import LazyEmbedder
-    from labeler.api.routes import export, features, jobs, meta, pages, search
+    from labeler.api.routes import export, features, jobs, meta, pages, search, steer
 
     repo = repo or Repository.open(settings.resolved_database_url)
     app = FastAPI(
@@ -32,7 +34,8 @@ def create_app(settings: Settings, repo: Repository | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.repo = repo
-    app.state.runner = Runner(repo, settings, send=sender_for(settings))
+    app.state.subjects = subjects or SubjectCache(settings)
+    app.state.runner = Runner(repo, settings, send=sender_for(settings), subjects=app.state.subjects)
     app.state.embedder = LazyEmbedder()
 
     @app.exception_handler(EmbeddingUnavailable)
@@ -54,8 +57,9 @@ def create_app(settings: Settings, repo: Repository | None = None) -> FastAPI:
             "message": f"{where}: {first.get('msg', 'invalid request')}",
         })
 
-    for module in (meta, features, export, search, jobs, pages):
+    for module in (meta, features, export, search, jobs, steer, pages):
         app.include_router(module.router)
+    app.include_router(steer.pages)
     return app
 
 

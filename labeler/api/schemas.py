@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from labeler.db.views import FeatureSummary, FeatureView, JobView, ModelView, SaeView, SearchHit
 
@@ -39,6 +39,9 @@ class Context(BaseModel):
 class FeatureOut(FeatureView):
     contexts: list[Context] | None = Field(None, description="top-activating contexts from the store")
     contexts_error: str | None = None
+    promoted_tokens: list[str] | None = Field(None, description="tokens the decoder direction promotes most "
+                                                                "(through the unembedding), from the store")
+    suppressed_tokens: list[str] | None = Field(None, description="tokens it suppresses most")
 
 
 class Page(BaseModel, Generic[T]):
@@ -83,3 +86,66 @@ class JobRequest(BaseModel):
     store_path: str | None = Field(None, description="collect store to label (overrides model/sae)")
     features: str | list[int] = Field(..., description='indices, or a range like "0:100" / "1,5,9" / "all"')
     spec: dict[str, Any] = Field(default_factory=dict, description="labeler.runs.spec.LabelSpec fields")
+
+
+# -- steering and activations on your text (labeler.activations.steering) -------------------
+
+MAX_STEER_NEW_TOKENS = 64
+MAX_STEER_STRENGTH = 1000.0
+MAX_STEER_SAMPLES = 4
+MAX_TEXT_CHARS = 2000
+
+
+class _FeatureTarget(BaseModel):
+    model: str = Field(..., min_length=1, max_length=200, description="model slug (GET /v1/saes)")
+    sae: str = Field(..., min_length=1, max_length=200, description="SAE slug")
+    feature: int = Field(..., ge=0, le=2**31 - 1, description="feature index")
+
+
+class SteerRequest(_FeatureTarget):
+    """Continue ``prompt`` with one feature steered and without it (same seed).  Give exactly one
+    of ``strength`` (add that many units of the feature's decoder row) or ``clamp`` (hold the
+    feature's activation at that value)."""
+
+    prompt: str = Field(..., min_length=1, max_length=MAX_TEXT_CHARS)
+    strength: float | None = Field(None, ge=-MAX_STEER_STRENGTH, le=MAX_STEER_STRENGTH)
+    clamp: float | None = Field(None, ge=-MAX_STEER_STRENGTH, le=MAX_STEER_STRENGTH)
+    max_new_tokens: int = Field(24, ge=1, le=MAX_STEER_NEW_TOKENS)
+    samples: int = Field(1, ge=1, le=MAX_STEER_SAMPLES, description="continuations of each kind")
+    temperature: float = Field(0.7, ge=0.0, le=2.0, description="0: greedy")
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+
+    @model_validator(mode="after")
+    def _one_intervention(self) -> "SteerRequest":
+        if (self.strength is None) == (self.clamp is None):
+            raise ValueError("give exactly one of strength (add the decoder row) or clamp (hold the activation)")
+        return self
+
+
+class SteerOut(BaseModel):
+    model: str
+    sae: str
+    feature: int
+    prompt: str
+    mode: Literal["add", "clamp"]
+    value: float
+    steered: list[str] = Field(description="continuations with the feature steered")
+    unsteered: list[str] = Field(description="the same samples without it")
+    max_new_tokens: int
+    temperature: float
+    seed: int
+
+
+class ActivationsRequest(_FeatureTarget):
+    """Run the model to the hookpoint on ``text`` and return the feature's per-token activations."""
+
+    text: str = Field(..., min_length=1, max_length=MAX_TEXT_CHARS)
+
+
+class ActivationsOut(BaseModel):
+    model: str
+    sae: str
+    feature: int
+    tokens: list[str]
+    activations: list[float]
+    max_activation: float

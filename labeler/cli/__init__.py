@@ -16,6 +16,7 @@ from labeler.cli import jobs as _jobs  # noqa: F401,E402
 from labeler.cli import db as _db  # noqa: F401,E402
 from labeler.cli import report as _report  # noqa: F401,E402
 from labeler.cli import export as _export  # noqa: F401,E402
+from labeler.cli import steer as _steer  # noqa: F401,E402
 
 
 @app.command()

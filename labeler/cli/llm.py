@@ -31,8 +31,9 @@ def llm_test_server(
     """Run the OpenAI-compatible test server in the foreground (benchmarks, manual runs).
 
     It answers labeler's explanation prompts with its default rule and the scoring prompts
-    (simulation, detection, fuzzing, rubric) with the scoring oracle."""
+    (simulation, detection, fuzzing, rubric, intervention) with the scoring oracles."""
     from labeler.testing.llm_server import TestLLMServer
+    from labeler.testing.intervention_oracle import install_intervention_rule
     from labeler.testing.oracle import install_scoring_rules
 
     for name, p in (("fail-429", fail_429), ("fail-500", fail_500), ("hang", hang), ("malformed", malformed),
@@ -46,6 +47,7 @@ def llm_test_server(
                            truncated=truncated, retry_after_s=retry_after, hang_s=hang_s,
                            logprobs_mode="ignore" if no_logprobs else "on", api_key=api_key)
     install_scoring_rules(server)
+    install_intervention_rule(server)
     server.start()
     print(json.dumps({"base_url": server.base_url}), flush=True)
     try:

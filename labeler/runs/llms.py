@@ -8,7 +8,7 @@ stay open from one chunk to the next.  Whoever owns the loop closes the pool.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from labeler.core.config import Settings
 from labeler.runs.spec import LabelSpec
@@ -44,8 +44,10 @@ class Stages:
 
 
 def build_stages(spec: LabelSpec, pool: LLMPool, *, explain: bool, score: bool, mode: str = "sync",
-                 budget: Any = None) -> Stages:
-    """The job's explainer and scorers, their clients in ``mode`` (sync | batch) charging ``budget``."""
+                 budget: Any = None, subject: Callable[[], Any] | None = None) -> Stages:
+    """The job's explainer and scorers, their clients in ``mode`` (sync | batch) charging ``budget``.
+    ``subject()`` gives the store's subject model to a scorer class that sets
+    ``needs_subject_model`` (called only then: loading it takes time)."""
     from labeler.explanation import EXPLAINERS, get_explainer
     from labeler.scoring import get_scorer, scorer_class
 
@@ -69,5 +71,6 @@ def build_stages(spec: LabelSpec, pool: LLMPool, *, explain: bool, score: bool, 
         for name in spec.scorers:
             cls = scorer_class(name)
             llm = client(cls.llm_role, models[cls.llm_role]) if cls.uses_llm else None
-            scorers[name] = get_scorer(name, llm=llm, **spec.scorer_options.get(name, {}))
+            needs = {"subject": subject() if subject else None} if getattr(cls, "needs_subject_model", False) else {}
+            scorers[name] = get_scorer(name, llm=llm, **needs, **spec.scorer_options.get(name, {}))
     return Stages(explainer, scorers)

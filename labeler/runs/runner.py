@@ -21,6 +21,7 @@ from labeler.examples.store import StoreCache
 from labeler.runs.budget import JobBudget
 from labeler.runs.llms import LLMPool, build_stages
 from labeler.runs.spec import JobSpec, validate
+from labeler.runs.subjects import SubjectCache
 from labeler.runs.stages import ChunkResult, label_chunk
 
 ChunkSender = Callable[[int, list[int]], None]
@@ -48,11 +49,12 @@ class Runner:
     without it jobs run only in this process."""
 
     def __init__(self, repo: Repository, settings: Settings, *, send: ChunkSender | None = None,
-                 stores: StoreCache | None = None):
+                 stores: StoreCache | None = None, subjects: SubjectCache | None = None):
         self.repo = repo
         self.settings = settings
         self.send = send
         self.stores = stores or StoreCache()
+        self.subjects = subjects or SubjectCache(settings)
         self._thread = threading.local()  # a worker thread's event loop and LLM pool
 
     # --- creating ---------------------------------------------------------------------------
@@ -132,7 +134,8 @@ class Runner:
             self.repo.jobs.set_status(job_id, "running")
         spec = self.spec_of(job_id)
         stages = build_stages(spec.label, pool, explain="explain" in spec.stages, score="score" in spec.stages,
-                              mode=spec.llm_mode, budget=budget)
+                              mode=spec.llm_mode, budget=budget,
+                              subject=lambda: self.subjects.get(self.stores.get(spec.store)))
         if max_in_flight is None:  # batch mode: every feature of the chunk joins the same batches
             max_in_flight = len(features) if spec.llm_mode == "batch" else 2 * self.settings.llm_concurrency
         result = await label_chunk(

@@ -29,6 +29,7 @@ from labeler.scoring.simulation import SimulationScorer
 from labeler.scoring.judges import DetectionScorer, FuzzingScorer, RubricScorer
 from labeler.scoring.embedding import EmbeddingScorer
 from labeler.scoring.intruder import EmbeddingIntruderScorer, IntruderScorer
+from labeler.scoring.intervention import InterventionScorer  # noqa: F401
 
 
 def get_scorer(name: str, llm: Any = None, **options: Any) -> Scorer:

@@ -5,10 +5,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
 import subprocess
-import sys
-import time
 import urllib.request
 from html import unescape
 from pathlib import Path
@@ -23,36 +20,12 @@ pytestmark = [
 ]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(labeled_db, tmp_path_factory):
-    port = _free_port()
-    log = tmp_path_factory.mktemp("server") / "server.log"
-    env = {**os.environ, "LABELER_DATABASE_URL": labeled_db.url}
-    with open(log, "w") as fh:
-        proc = subprocess.Popen([sys.executable, "-m", "labeler", "serve", "--host", "127.0.0.1", "--port", str(port),
-                                 "--url", labeled_db.url], stdout=fh, stderr=subprocess.STDOUT, env=env)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(300):
-            if proc.poll() is not None:
-                pytest.fail(f"server exited: {log.read_text()}")
-            try:
-                urllib.request.urlopen(base + "/health", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.2)
-        else:
-            pytest.fail(f"server did not start: {log.read_text()}")
+    from labeler.testing.api_process import api_process
+
+    with api_process(labeled_db.url, log=tmp_path_factory.mktemp("server") / "server.log") as base:
         yield base
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
 
 
 def _chromium(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:

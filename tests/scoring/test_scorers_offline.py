@@ -93,7 +93,7 @@ async def test_scoring_on_train_is_refused(record):
 
 def test_get_scorer_errors():
     assert set(SCORERS) == {"simulation", "detection", "fuzzing", "embedding", "rubric", "intruder",
-                            "intruder_embedding"}
+                            "intruder_embedding", "intervention"}
     with pytest.raises(ConfigError, match="unknown scorer 'simulation:hard'"):
         get_scorer("simulation:hard")
     with pytest.raises(ConfigError, match="negatives must be one of"):

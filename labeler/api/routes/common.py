@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import HTTPException, Path
 
 from labeler.api.schemas import Context
 from labeler.core.naming import slugify
 from labeler.db import Repository
 from labeler.examples.store import StoreCache
+from labeler.records import FeatureRecord
 
 MAX_INDEX = 2**31 - 1
 ModelSlug = Path(..., max_length=200, description="model slug, e.g. eleutherai--pythia-70m")
@@ -23,19 +26,28 @@ def sae_or_404(repo: Repository, model: str, sae: str) -> int:
     return sae_id
 
 
-def top_contexts(stores: StoreCache, store_path: str | None, index: int, n: int) -> tuple[list[Context] | None, str | None]:
-    """Top-activating contexts of a feature from its collect store: (contexts, error)."""
-    if n <= 0:
-        return None, None
+def store_record(stores: StoreCache, store_path: str | None, index: int) -> tuple[FeatureRecord | None, str | None]:
+    """A feature's record from its collect store: (record, why it is not available)."""
     if not store_path:
         return None, "the SAE has no registered store"
     try:
         store = stores.get(store_path)
         if index >= store.n_features:
             return None, f"the store has {store.n_features} features"
-        rec = store.feature(index)
+        return store.feature(index), None
     except Exception as e:  # the store may live on another machine: the API still answers
         return None, f"store not readable here: {e}"
-    top = sorted((e for e in rec.examples if e.kind == "top"), key=lambda e: -e.max_activation)[:n]
-    return [Context(window=e.window, split=e.split, tokens=e.tokens, activations=e.activations,
-                    max_activation=e.max_activation) for e in top], None
+
+
+def store_fields(stores: StoreCache, store_path: str | None, index: int, n_contexts: int) -> dict[str, Any]:
+    """What ``FeatureOut`` adds from the store: top contexts (``n_contexts`` > 0) and the
+    decoder direction's top promoted / suppressed tokens (None when the store is not readable)."""
+    rec, error = store_record(stores, store_path, index)
+    if rec is None:
+        return {"contexts_error": error if n_contexts > 0 else None}
+    out: dict[str, Any] = {"promoted_tokens": rec.promoted_tokens, "suppressed_tokens": rec.suppressed_tokens}
+    if n_contexts > 0:
+        top = sorted((e for e in rec.examples if e.kind == "top"), key=lambda e: -e.max_activation)[:n_contexts]
+        out["contexts"] = [Context(window=e.window, split=e.split, tokens=e.tokens, activations=e.activations,
+                                   max_activation=e.max_activation) for e in top]
+    return out

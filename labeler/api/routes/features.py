@@ -7,7 +7,7 @@ from typing import Literal
 from fastapi import APIRouter, Body, Depends, HTTPException, Query
 
 from labeler.api.deps import PageDep, RepoDep, StoresDep, require_read
-from labeler.api.routes.common import FeatureIndex, ModelSlug, SaeSlug, sae_or_404, top_contexts
+from labeler.api.routes.common import FeatureIndex, ModelSlug, SaeSlug, sae_or_404, store_fields
 from labeler.api.schemas import BatchOut, BatchRequest, FeatureOut, FeaturePage
 
 router = APIRouter(prefix="/v1", tags=["features"], dependencies=[Depends(require_read)])
@@ -19,7 +19,8 @@ SortKey = Literal["index", "-index", "score", "-score", "density", "-density", "
 def get_features_batch(repo: RepoDep, stores: StoresDep, model: str = ModelSlug, sae: str = SaeSlug,
                        body: BatchRequest = Body(...),
                        contexts: int = Query(0, ge=0, le=20, description="top contexts per feature")):
-    """Several features by index (at most 1000); unknown indices are listed in ``missing``."""
+    """Several features by index (at most 1000); unknown indices are listed in ``missing``.  With
+    ``contexts`` > 0 each also gets its store's promoted / suppressed tokens."""
     sae_id = sae_or_404(repo, model, sae)
     if any(i < 0 for i in body.indices):
         raise HTTPException(status_code=422, detail="feature indices must be >= 0")
@@ -28,7 +29,8 @@ def get_features_batch(repo: RepoDep, stores: StoresDep, model: str = ModelSlug,
     if contexts:
         store_path = repo.catalog.sae(sae_id).store_path
         for v in items:
-            v.contexts, v.contexts_error = top_contexts(stores, store_path, v.index, contexts)
+            for key, value in store_fields(stores, store_path, v.index, contexts).items():
+                setattr(v, key, value)
     return BatchOut(items=items, missing=[i for i in dict.fromkeys(body.indices) if i not in found])
 
 
@@ -37,17 +39,15 @@ def get_feature(repo: RepoDep, stores: StoresDep, model: str = ModelSlug, sae: s
                 index: int = FeatureIndex,
                 contexts: int = Query(10, ge=0, le=100, description="top contexts from the store (0: none)"),
                 details: bool = Query(False, description="include per-example score details")):
-    """Statistics, the label, every explanation with its scores, and top contexts."""
+    """Statistics, the label, every explanation with its scores, top contexts, and the tokens the
+    feature's decoder direction promotes and suppresses most (from the store)."""
     sae_id = sae_or_404(repo, model, sae)
     view = repo.reads.feature(sae_id, index, with_details=details)
     info = repo.catalog.sae(sae_id)
     if view is None:
         raise HTTPException(status_code=404, detail=f"{model}/{sae} has no feature {index} "
                                                     f"(it has {info.n_features} features)")
-    out = FeatureOut(**view.model_dump())
-    if contexts:
-        out.contexts, out.contexts_error = top_contexts(stores, info.store_path, index, contexts)
-    return out
+    return FeatureOut(**view.model_dump(), **store_fields(stores, info.store_path, index, contexts))
 
 
 @router.get("/features/{model}/{sae}", response_model=FeaturePage)

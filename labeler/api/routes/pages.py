@@ -1,6 +1,8 @@
 """Human-readable HTML pages: SAE list, feature browser/search, and one page per feature.
 
 Plain server-rendered HTML (Jinja2) with inline CSS and SVG; no scripts, no external assets.
+The feature page's steering panel and text box are forms posting to page routes
+(``labeler.api.routes.steer``) that render this page again with their result.
 The data is what the REST API returns (the same ``repo.reads`` views); contexts and nearest
 neighbours come from the SAE's collect store when this server can read it.
 """
@@ -19,6 +21,7 @@ from fastapi.templating import Jinja2Templates
 from markupsafe import Markup
 
 from labeler.api.deps import RepoDep, StoresDep, require_read
+from labeler.db import Repository
 from labeler.db.views import SaeView
 from labeler.examples.store import FeatureStore, StoreCache
 from labeler.report.highlight import contexts
@@ -44,7 +47,13 @@ def _fmt(v: Any, digits: int = 3) -> str:
     return str(v)
 
 
+def _token(t: str) -> str:
+    """A token as text: control characters escaped (a byte-level BPE has many), spaces kept."""
+    return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in t)
+
+
 templates.env.filters["fmt"] = _fmt
+templates.env.filters["token"] = _token
 
 
 def store_for(stores: StoreCache, sae: SaeView) -> FeatureStore | None:
@@ -130,26 +139,34 @@ def sae_features_page(request: Request, repo: RepoDep, model: str, sae: str,
     })
 
 
-@router.get("/features/{model}/{sae}/{index}", response_class=HTMLResponse)
-def feature_page(request: Request, repo: RepoDep, stores: StoresDep, model: str, sae: str,
-                 index: int) -> HTMLResponse:
+def feature_context(repo: Repository, stores: StoreCache, model: str, sae: str, index: int) -> dict[str, Any]:
+    """What feature.html shows of one feature (the steering routes render it with their results)."""
     info = _sae_or_404(repo, model, sae)
     view = repo.reads.feature(info.id, index)
     if view is None:
         raise HTTPException(status_code=404, detail=f"{model}/{sae} has no feature {index} "
                                                     f"(it has {info.n_features})")
     store = store_for(stores, info)
-    top_ctx, sampled_ctx = [], []
+    top_ctx, sampled_ctx, promoted, suppressed = [], [], [], []
     if store is not None and 0 <= index < store.n_features:
         rec = store.feature(index)
         top_ctx = contexts(rec, ("top",), 10)
         sampled_ctx = contexts(rec, ("quantile", "sample"), 10)
+        promoted, suppressed = rec.promoted_tokens, rec.suppressed_tokens
     neighbours = nearest_features(store, index)
     labels = repo.reads.labels_for(info.id, [i for i, _ in neighbours])
-    return templates.TemplateResponse(request, "feature.html", {
+    return {
         "sae": info, "index": index, "f": view, "explanations": list(reversed(view.explanations)),
         "top_ctx": top_ctx, "sampled_ctx": sampled_ctx, "store_available": store is not None,
+        "promoted": promoted, "suppressed": suppressed,
+        "model_class": (store.manifest.get("model") or {}).get("class") if store is not None else None,
         "neighbours": [(i, sim, labels.get(i)) for i, sim in neighbours],
         "hist": histogram_svg(view.stats.get("hist_edges") or [], view.stats.get("hist_counts") or []),
         "stats": view.stats,
-    })
+    }
+
+
+@router.get("/features/{model}/{sae}/{index}", response_class=HTMLResponse)
+def feature_page(request: Request, repo: RepoDep, stores: StoresDep, model: str, sae: str,
+                 index: int) -> HTMLResponse:
+    return templates.TemplateResponse(request, "feature.html", feature_context(repo, stores, model, sae, index))
