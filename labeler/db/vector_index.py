@@ -89,9 +89,7 @@ class VectorIndexes:
     def _ready(self, key: Key) -> AnnIndex | None:
         now = time.monotonic()
         index = self._indexes.get(key)
-        if index is None:
-            if now - self._synced_at.get(key, -1e9) < self.sync_interval_s:
-                return None  # looked a moment ago and found no vectors
+        if index is None:  # not opened yet, or no vectors at the last look (finding none is cheap)
             self._synced_at[key] = now
             return self._open(key)
         if now - self._synced_at.get(key, -1e9) >= self.sync_interval_s:
