@@ -40,6 +40,9 @@ import sqlalchemy as sa
 
 from api_corpus import QUERY_WORDS, ExplanationCorpus
 
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # measure this checkout's labeler
+
 BLOCK = 50_000
 N_NEIGHBOURS = 32
 RECALL_QUERIES = 40
@@ -172,7 +175,8 @@ def free_port() -> int:
 
 def start_server(url: str, data_dir: Path) -> tuple[subprocess.Popen, httpx.Client]:
     port = free_port()
-    env = {**os.environ, "LABELER_DATABASE_URL": url, "LABELER_DATA_DIR": str(data_dir)}
+    env = {**os.environ, "LABELER_DATABASE_URL": url, "LABELER_DATA_DIR": str(data_dir),
+           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     server = subprocess.Popen([sys.executable, "-c", "from labeler.cli import main; main()", "serve",
                                "--host", "127.0.0.1", "--port", str(port)], env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
