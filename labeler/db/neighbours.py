@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 T_NEIGHBOURS = FeatureNeighbours.__table__
 NEIGHBOURS_FILE = "neighbours.safetensors"
 N_NEIGHBOURS = 32
-COMPUTE_MAX_FEATURES = 65_536  # a store without the file: computed here only up to this many features
+COMPUTE_MAX_FEATURES = 32_768  # a store without the file: computed at registration only up to this many features
 IMPORT_BATCH = 5_000
 
 
