@@ -5,27 +5,30 @@
 from __future__ import annotations
 
 import re
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import sqlalchemy as sa
 
 from labeler.core.errors import InputError
-from labeler.db.catalog import T_MODEL, T_SAE
+from labeler.db.catalog import T_SAE
 from labeler.db.database import Database
 from labeler.db.keys import clean_text
-from labeler.db.models import ExplanationRow, Feature
 from labeler.db.vector_index import VectorIndexes
 from labeler.db.vectors import Vectors
 from labeler.db.views import SearchHit
 
-T_FEATURE = Feature.__table__
-T_EXP = ExplanationRow.__table__
-
 MAX_QUERY_WORDS = 32
 MAX_SEMANTIC_RESULTS = 10_000
-# PostgreSQL full-text search (Search._text_postgres): candidates ranked, newest rows looked at,
-# matches of a rarer query ranked
-TEXT_CANDIDATES, TEXT_WINDOW, TEXT_RARE_CAP = 1_000, 50_000, 10_000
+# PostgreSQL full-text search (Search._text_postgres): candidates ranked for a common query,
+# newest explanations it looks at, matches up to which a rarer query is ranked exactly
+TEXT_CANDIDATES, TEXT_WINDOW, TEXT_EXACT_MAX = 1_000, 50_000, 5_000
+
+# A hit's explanation with its SAE's and model's slugs and whether it is the feature's label:
+# one query, by primary and unique keys only.
+HIT_COLUMNS = ("e.id, e.sae_id, e.feature_index, e.text, e.explainer, e.llm_model, s.slug AS sae_slug, "
+               "m.slug AS model_slug, coalesce(f.label_explanation_id = e.id, false) AS is_label")
+HIT_JOINS = ("JOIN sae s ON s.id = e.sae_id JOIN subject_model m ON m.id = s.model_id "
+             'LEFT JOIN feature f ON f.sae_id = e.sae_id AND f."index" = e.feature_index')
 
 
 def _query_text(query: str) -> str:
@@ -33,6 +36,22 @@ def _query_text(query: str) -> str:
     if not query:
         raise InputError("the search query is empty")
     return query
+
+
+def _hit(r: Mapping[str, Any], score: float | None) -> SearchHit:
+    return SearchHit(explanation_id=r["id"], model=r["model_slug"], sae=r["sae_slug"], index=r["feature_index"],
+                     text=r["text"], explainer=r["explainer"], llm_model=r["llm_model"],
+                     is_label=bool(r["is_label"]), score=score)
+
+
+def _hits_for(c: sa.Connection, ranked: Sequence[tuple[int, float]]) -> list[SearchHit]:
+    """Hits for (explanation id, score) pairs, in their order (ids no longer stored are left out)."""
+    if not ranked:
+        return []
+    q = sa.text(f"SELECT {HIT_COLUMNS} FROM explanation e {HIT_JOINS} WHERE e.id IN :ids").bindparams(
+        sa.bindparam("ids", expanding=True))
+    rows = {r["id"]: r for r in c.execute(q, {"ids": [int(i) for i, _ in ranked]}).mappings()}
+    return [_hit(rows[i], score) for i, score in ranked if i in rows]
 
 
 class Search:
@@ -54,63 +73,67 @@ class Search:
         if not words:
             return []
         params["q"] = " ".join('"' + w.replace('"', '""') + '"' for w in words)
-        sql = ("SELECT e.id, e.sae_id, e.feature_index, e.text, e.explainer, e.llm_model, "
-               "-explanation_fts.rank AS rank FROM explanation_fts "
+        sql = ("SELECT e.id, -explanation_fts.rank AS rank FROM explanation_fts "
                "JOIN explanation e ON e.id = explanation_fts.rowid "
                "WHERE explanation_fts MATCH :q AND NOT e.failed" + sae_filter +
                " ORDER BY explanation_fts.rank, e.id DESC LIMIT :limit OFFSET :offset")
         with self.db.read_engine.connect() as c:
-            return self._hits(c, c.execute(sa.text(sql), params).mappings().all())
+            return _hits_for(c, [(r.id, float(r.rank)) for r in c.execute(sa.text(sql), params)])
 
     def _text_postgres(self, params: dict[str, Any], sae_filter: str) -> list[SearchHit]:
         """Rank a bounded candidate set.  A common word matches hundreds of thousands of labels
-        and ranking all of them read every one (326 ms at a million), so:
+        and ranking all of them read every one (326 ms at a million).  Two bounded steps:
 
-        1. the newest TEXT_CANDIDATES matches among the newest TEXT_WINDOW explanations (an
-           ordered index scan that stops as soon as it has them: a common word costs a few
-           thousand rows);
-        2. if there are fewer (a rarer query), every match through the GIN index, up to
-           TEXT_RARE_CAP: a rare query's results are exact.
+        - *every match*, through the GIN index alone, when there are at most TEXT_EXACT_MAX:
+          all are ranked, so a rarer query's results are exact;
+        - *the newest matches*: the newest TEXT_CANDIDATES among the newest TEXT_WINDOW
+          explanations, an ordered scan that stops as soon as it has them (a common word
+          costs a few thousand rows).
 
-        Both steps touch a bounded number of rows whatever the query, and neither depends on
-        the planner's guess of how many rows match (which is far off for correlated words)."""
-        params["candidates"] = max(TEXT_CANDIDATES, params["offset"] + params["limit"])
+        The planner's estimate of the matches only decides which step runs first: a wrong
+        guess (correlated words are common) costs the other step, which is bounded too.  When
+        neither is complete, the newest matches are ranked if there are enough for the page,
+        else the first TEXT_EXACT_MAX matches found."""
+        needed = params["offset"] + params["limit"]
+        params["candidates"] = max(TEXT_CANDIDATES, needed)
         params["window"] = max(TEXT_WINDOW, params["candidates"])
-        params["cap"] = max(TEXT_RARE_CAP, params["candidates"])
+        params["exact_max"] = max(TEXT_EXACT_MAX, params["candidates"])
+        match = "e.text_fts @@ websearch_to_tsquery('english', :q) AND NOT e.failed"
         columns = "e.id, e.sae_id, e.feature_index, e.text, e.explainer, e.llm_model, e.text_fts"
-        newest = ("SELECT * FROM (SELECT " + columns + ", e.failed FROM explanation e WHERE true" + sae_filter +
-                  " ORDER BY e.id DESC LIMIT :window) e "
-                  "WHERE e.text_fts @@ websearch_to_tsquery('english', :q) AND NOT e.failed LIMIT :candidates")
-        every = ("SELECT " + columns + " FROM explanation e WHERE e.text_fts @@ websearch_to_tsquery('english', :q) "
-                 "AND NOT e.failed" + sae_filter + " LIMIT :cap")
-        ranked = (") SELECT c.id, c.sae_id, c.feature_index, c.text, c.explainer, c.llm_model, "
-                  "ts_rank(c.text_fts, websearch_to_tsquery('english', :q)) AS rank, "
-                  "(SELECT count(*) FROM candidate) AS n_candidates "
-                  "FROM candidate c ORDER BY rank DESC, c.id DESC LIMIT :limit OFFSET :offset")
+        steps = {
+            "every": f"SELECT {columns} FROM explanation e WHERE {match}{sae_filter} LIMIT :exact_max + 1",
+            "newest": (f"SELECT * FROM (SELECT {columns}, e.failed FROM explanation e WHERE true{sae_filter} "
+                       f"ORDER BY e.id DESC LIMIT :window) e WHERE {match} LIMIT :candidates"),
+        }
         with self.db.read_engine.connect() as c:
-            c.execute(sa.text("SET LOCAL max_parallel_workers_per_gather = 0"))  # only start-up cost here
-            rows = c.execute(sa.text("WITH candidate AS MATERIALIZED (" + newest + ranked), params).mappings().all()
-            if not rows or rows[0]["n_candidates"] < params["candidates"]:
-                # the GIN index alone: a plan that reads every match, never a scan that hunts for them
-                c.execute(sa.text("SELECT set_config('enable_seqscan', 'off', true), "
-                                  "set_config('enable_indexscan', 'off', true)"))
-                rows = c.execute(sa.text("WITH candidate AS MATERIALIZED (" + every + ranked), params).mappings().all()
-        with self.db.read_engine.connect() as c:  # a fresh transaction: the settings above were for one query
-            return self._hits(c, rows)
+            plan = c.execute(sa.text(f"EXPLAIN (FORMAT JSON) SELECT 1 FROM explanation e WHERE {match}{sae_filter}"),
+                             params).scalar()
+            rare = plan[0]["Plan"]["Plan Rows"] <= params["exact_max"]
+            found: dict[str, tuple[list[SearchHit], int]] = {}
+            for step in ("every", "newest") if rare else ("newest", "every"):
+                # "every" reads the GIN index and nothing else: never a scan that hunts for matches
+                off = "off" if step == "every" else "on"
+                # (a disabled plan type's cost penalty would trigger JIT compilation: ~0.4 s)
+                c.execute(sa.text(f"SELECT set_config('enable_seqscan', '{off}', true), "
+                                  f"set_config('enable_indexscan', '{off}', true), set_config('jit', 'off', true), "
+                                  "set_config('max_parallel_workers_per_gather', '0', true)"))
+                found[step] = self._ranked(c, steps[step], params)
+                if (step == "every" and found[step][1] <= params["exact_max"]) or \
+                        (step == "newest" and found[step][1] >= params["candidates"]):
+                    return found[step][0]
+        return found["newest"][0] if found["newest"][1] >= needed else found["every"][0]
 
-    def _hits(self, c: sa.Connection, rows: Sequence[Any]) -> list[SearchHit]:
-        if not rows:
-            return []
-        slugs = {r.id: r for r in c.execute(
-            sa.select(T_SAE.c.id, T_SAE.c.slug, T_MODEL.c.slug.label("model_slug"))
-            .join(T_MODEL, T_MODEL.c.id == T_SAE.c.model_id).where(T_SAE.c.id.in_({r["sae_id"] for r in rows})))}
-        features = {(r["sae_id"], r["feature_index"]) for r in rows}  # by the (sae_id, index) key: indexed
-        label_ids = set(c.execute(sa.select(T_FEATURE.c.label_explanation_id).where(
-            sa.tuple_(T_FEATURE.c.sae_id, T_FEATURE.c.index).in_(list(features)))).scalars())
-        return [SearchHit(explanation_id=r["id"], model=slugs[r["sae_id"]].model_slug, sae=slugs[r["sae_id"]].slug,
-                          index=r["feature_index"], text=r["text"], explainer=r["explainer"],
-                          llm_model=r["llm_model"], is_label=r["id"] in label_ids,
-                          score=float(r["rank"]) if r["rank"] is not None else None) for r in rows]
+    @staticmethod
+    def _ranked(c: sa.Connection, candidates: str, params: dict[str, Any]) -> tuple[list[SearchHit], int]:
+        """The page of ``candidates`` ranked by ts_rank (equal ranks newest first), and how many candidates there were."""
+        page = ("SELECT c.*, ts_rank(c.text_fts, websearch_to_tsquery('english', :q)) AS rank FROM candidate c "
+                "ORDER BY rank DESC, c.id DESC LIMIT :limit OFFSET :offset")
+        sql = (f"WITH candidate AS MATERIALIZED ({candidates}) "
+               f"SELECT n.n, {HIT_COLUMNS}, e.rank FROM (SELECT count(*) AS n FROM candidate) n "
+               f"LEFT JOIN (({page}) e {HIT_JOINS}) ON true ORDER BY e.rank DESC, e.id DESC")
+        rows = c.execute(sa.text(sql), params).mappings().all()
+        hits = [_hit(r, float(r["rank"])) for r in rows if r["id"] is not None]
+        return hits, int(rows[0]["n"])
 
     # --- semantic ---------------------------------------------------------------------------
 
@@ -134,12 +157,5 @@ class Search:
         with self.db.read_engine.connect() as c:
             sae_ids = [sae_id] if sae_id is not None else list(c.execute(sa.select(T_SAE.c.id)).scalars())
         nearest = indexes.search(sae_ids, embedder.name, embedder.embed([query])[0], offset + limit)
-        picked = dict(nearest[offset:offset + limit])
-        if not picked:
-            return []
         with self.db.read_engine.connect() as c:
-            rows = c.execute(sa.select(T_EXP.c.id, T_EXP.c.sae_id, T_EXP.c.feature_index, T_EXP.c.text,
-                                       T_EXP.c.explainer, T_EXP.c.llm_model)
-                             .where(T_EXP.c.id.in_(list(picked)))).mappings().all()
-            rows = sorted(({**r, "rank": picked[r["id"]]} for r in rows), key=lambda r: (-r["rank"], r["id"]))
-            return self._hits(c, rows)
+            return _hits_for(c, nearest[offset:offset + limit])

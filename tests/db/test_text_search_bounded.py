@@ -22,7 +22,7 @@ def pg(postgres_url, monkeypatch):
 
     monkeypatch.setattr(search_module, "TEXT_CANDIDATES", 5)
     monkeypatch.setattr(search_module, "TEXT_WINDOW", 20)
-    monkeypatch.setattr(search_module, "TEXT_RARE_CAP", 12)
+    monkeypatch.setattr(search_module, "TEXT_EXACT_MAX", 12)
     repo = Repository.open(postgres_url)
     yield repo
     repo.close()
@@ -74,6 +74,6 @@ def test_uncommon_query_with_many_old_matches_is_capped(pg):
     for i in range(30, 60):
         pg.results.save_explanation(sae_id, exp(i, f"ordinary text {i}"))
     hits = pg.search.text("river", sae_id=sae_id, limit=10)
-    # fewer than 5 in the newest 20 rows: the GIN path, which ranks the first TEXT_RARE_CAP (12)
-    # matches it reads (in table order) rather than all 30
-    assert [h.explanation_id for h in hits] == ids[:12][::-1][:10]
+    # none in the newest 20 rows, and more than TEXT_EXACT_MAX (12) matches: the first 13 the
+    # GIN index yields (in table order) are ranked, not all 30
+    assert [h.explanation_id for h in hits] == ids[:13][::-1][:10]
