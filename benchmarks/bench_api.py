@@ -47,8 +47,8 @@ BLOCK = 50_000
 N_NEIGHBOURS = 32
 RECALL_QUERIES = 40
 FULL_RANK_SQL = ("SELECT e.id FROM explanation e, websearch_to_tsquery('english', %s) q "
-                 "WHERE e.text_fts @@ q AND NOT e.failed AND e.sae_id = %s ORDER BY ts_rank(e.text_fts, q) DESC, e.id "
-                 "LIMIT 20")
+                 "WHERE e.text_fts @@ q AND NOT e.failed AND e.sae_id = %s "
+                 "ORDER BY ts_rank(e.text_fts, q) DESC, e.id DESC LIMIT 20")
 
 
 def percentile(xs: list[float], q: float) -> float:
