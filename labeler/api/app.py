@@ -14,6 +14,7 @@ from labeler.core.config import Settings, get_settings
 from labeler.core.errors import LabelerError
 from labeler.db import Repository
 from labeler.db.embeddings import EmbeddingUnavailable
+from labeler.db.vector_index import VectorIndexes
 from labeler.runs.queue import sender_for
 from labeler.runs.runner import Runner
 from labeler.runs.subjects import SubjectCache
@@ -37,6 +38,7 @@ def create_app(settings: Settings, repo: Repository | None = None, subjects: Sub
     app.state.subjects = subjects or SubjectCache(settings)
     app.state.runner = Runner(repo, settings, send=sender_for(settings), subjects=app.state.subjects)
     app.state.embedder = LazyEmbedder()
+    app.state.vector_indexes = VectorIndexes.in_data_dir(repo.db, settings.data_dir)
 
     @app.exception_handler(EmbeddingUnavailable)
     async def _no_embedder(_req: Request, exc: EmbeddingUnavailable) -> JSONResponse:

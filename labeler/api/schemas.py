@@ -67,6 +67,18 @@ class SearchPage(Page[SearchHit]):
     mode: str
 
 
+class Neighbour(BaseModel):
+    """A nearby feature: its decoder direction's cosine similarity with the asked feature's."""
+
+    index: int
+    cosine: float
+    label: str | None = Field(None, description="its label, if it has one")
+
+
+class NeighbourList(BaseModel):
+    items: list[Neighbour] = Field(description="nearest first; empty for a neuron basis")
+
+
 class JobPage(Page[JobView]):
     pass
 

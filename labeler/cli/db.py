@@ -46,14 +46,24 @@ def db_current(url: Optional[str] = typer.Option(None, "--url", help=URL_HELP)) 
 @db_app.command("embed")
 def db_embed(
     url: Optional[str] = typer.Option(None, "--url", help=URL_HELP),
-    max_rows: int = typer.Option(1_000_000, help="At most this many explanations."),
+    max_rows: Optional[int] = typer.Option(None, help="Embed at most this many explanations (default: all)."),
+    rebuild: bool = typer.Option(False, "--rebuild", help="Rebuild the search indexes from the stored embeddings."),
 ) -> None:
-    """Precompute explanation embeddings for semantic search (otherwise done lazily)."""
+    """Embed explanations that have no embedding yet, then bring the semantic-search indexes
+    (saved under the data dir, one per SAE) up to date.  Resumable: rerun after an interruption."""
     from labeler.db import Repository
     from labeler.db.embeddings import load_embedder
+    from labeler.db.vector_index import VectorIndexes
 
-    repo = Repository.open(url or get_settings().resolved_database_url)
-    print(f"embedded {repo.search.embed_missing(load_embedder(), max_rows=max_rows)} explanations")
+    settings = get_settings()
+    repo = Repository.open(url or settings.resolved_database_url)
+    embedder = load_embedder()
+    print(f"embedded {repo.search.embed_missing(embedder, max_rows=max_rows)} explanations")
+    indexes = VectorIndexes.in_data_dir(repo.db, settings.data_dir)
+    for sae in repo.catalog.list_saes(limit=100_000):
+        index = (indexes.rebuild if rebuild else indexes.update)(sae.id, embedder.name)
+        if index is not None:
+            print(f"{sae.model}/{sae.sae}: {index.state.ntotal} vectors in a {index.state.kind} index")
     repo.close()
 
 

@@ -11,6 +11,7 @@ from labeler.core.naming import slugify
 from labeler.db.database import Database
 from labeler.db.keys import float_or_none, iso, json_safe
 from labeler.db.models import Feature, Sae, SubjectModel, utcnow
+from labeler.db.neighbours import Neighbours
 from labeler.db.views import ModelView, SaeView
 
 T_MODEL = SubjectModel.__table__
@@ -101,6 +102,7 @@ class Catalog:
                         mean=float_or_none(stats.get("mean")), stats=stats)
 
         self._upsert_features((row(i) for i in range(n)), batch_size)
+        Neighbours(self.db).import_store(sae_id, store)
         return sae_id
 
     def _upsert_features(self, rows: Iterable[dict], batch_size: int) -> None:

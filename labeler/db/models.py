@@ -83,6 +83,7 @@ class ExplanationRow(SQLModel, table=True):
         sa.UniqueConstraint("sae_id", "feature_index", "key", name="uq_explanation_key"),
         sa.Index("ix_explanation_sae_feature", "sae_id", "feature_index"),
         sa.Index("ix_explanation_job", "job_id"),
+        sa.Index("ix_explanation_sae_id", "sae_id", "id"),  # newest first, for full-text candidates
     )
     id: Optional[int] = Field(default=None, primary_key=True)
     sae_id: int = Field(sa_column=sa.Column(sa.Integer, sa.ForeignKey("sae.id", ondelete="CASCADE"), nullable=False))
@@ -137,13 +138,33 @@ class ScoreRow(SQLModel, table=True):
 
 
 class ExplanationEmbedding(SQLModel, table=True):
-    """Sentence embedding of an explanation's text (float32 bytes, unit norm), computed lazily."""
+    """Sentence embedding of an explanation's text (float32 bytes, unit norm), written by
+    ``labeler db embed`` (or when the explanation is saved); the semantic-search index
+    (``labeler.db.vector_index``) follows this table by ``seq``."""
 
     __tablename__ = "explanation_embedding"
+    __table_args__ = (sa.Index("ix_explanation_embedding_seq", "seq", unique=True),
+                      sa.Index("ix_explanation_embedding_sae_model_seq", "sae_id", "model", "seq"))
     explanation_id: int = Field(sa_column=sa.Column(sa.Integer, sa.ForeignKey("explanation.id", ondelete="CASCADE"), primary_key=True))
+    sae_id: int = Field(sa_column=sa.Column(sa.Integer, nullable=False))  # the explanation's, for per-SAE indexes
+    # Increasing in commit order (writers serialise on a lock), so "everything after seq N"
+    # is exactly what an index that has seen N is missing.
+    seq: int = Field(sa_column=sa.Column(sa.BigInteger, nullable=False))
     model: str = Field(sa_column=sa.Column(sa.String(200), nullable=False))
     dim: int = Field(sa_column=sa.Column(sa.Integer, nullable=False))
     vector: bytes = Field(sa_column=sa.Column(sa.LargeBinary, nullable=False))
+
+
+class FeatureNeighbours(SQLModel, table=True):
+    """A feature's nearest features by decoder cosine, imported from the store's
+    ``neighbours.safetensors`` (``labeler.db.neighbours``): int32 indices and float32 cosines
+    as bytes, best first."""
+
+    __tablename__ = "feature_neighbours"
+    sae_id: int = Field(sa_column=sa.Column(sa.Integer, sa.ForeignKey("sae.id", ondelete="CASCADE"), primary_key=True))
+    feature_index: int = Field(sa_column=sa.Column(sa.Integer, primary_key=True))
+    indices: bytes = Field(sa_column=sa.Column(sa.LargeBinary, nullable=False))
+    cosines: bytes = Field(sa_column=sa.Column(sa.LargeBinary, nullable=False))
 
 
 class Job(SQLModel, table=True):

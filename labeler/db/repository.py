@@ -5,6 +5,7 @@
     repo.results   explanations and scores, idempotent       (labeler.db.results)
     repo.reads     feature views, lists, export, report rows (labeler.db.reads)
     repo.search    full-text and semantic search             (labeler.db.search)
+    repo.neighbours nearest features by decoder cosine       (labeler.db.neighbours)
     repo.jobs      the job ledger                            (labeler.db.jobs)
 
 A repository is always passed in (the API keeps one in ``app.state``, each worker process and
@@ -16,6 +17,7 @@ from __future__ import annotations
 from labeler.db.catalog import Catalog
 from labeler.db.database import Database
 from labeler.db.jobs import JobLedger
+from labeler.db.neighbours import Neighbours
 from labeler.db.reads import Reads
 from labeler.db.results import Results
 from labeler.db.search import Search
@@ -30,6 +32,7 @@ class Repository:
         self.results = Results(self.db)
         self.reads = Reads(self.db)
         self.search = Search(self.db)
+        self.neighbours = Neighbours(self.db)
         self.jobs = JobLedger(self.db)
 
     @classmethod

@@ -1,26 +1,34 @@
 """Search over explanation text: full text (PostgreSQL tsvector / SQLite FTS5) or semantic
-(MiniLM sentence embeddings, computed lazily and stored with the explanation)."""
+(MiniLM sentence embeddings stored with each explanation, searched through an ANN index:
+``labeler.db.vector_index``)."""
 
 from __future__ import annotations
 
 import re
-from typing import Any, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
-import numpy as np
 import sqlalchemy as sa
 
 from labeler.core.errors import InputError
-from labeler.db.catalog import T_SAE, sae_select
+from labeler.db.catalog import T_SAE
 from labeler.db.database import Database
 from labeler.db.keys import clean_text
-from labeler.db.models import ExplanationEmbedding, ExplanationRow, Feature
+from labeler.db.vector_index import VectorIndexes
+from labeler.db.vectors import Vectors
 from labeler.db.views import SearchHit
 
-T_FEATURE = Feature.__table__
-T_EXP = ExplanationRow.__table__
-T_EMB = ExplanationEmbedding.__table__
-
 MAX_QUERY_WORDS = 32
+MAX_SEMANTIC_RESULTS = 10_000
+# PostgreSQL full-text search (Search._text_postgres): candidates ranked for a common query,
+# newest explanations it looks at, matches up to which a rarer query is ranked exactly
+TEXT_CANDIDATES, TEXT_WINDOW, TEXT_EXACT_MAX = 1_000, 50_000, 5_000
+
+# A hit's explanation with its SAE's and model's slugs and whether it is the feature's label:
+# one query, by primary and unique keys only.
+HIT_COLUMNS = ("e.id, e.sae_id, e.feature_index, e.text, e.explainer, e.llm_model, s.slug AS sae_slug, "
+               "m.slug AS model_slug, coalesce(f.label_explanation_id = e.id, false) AS is_label")
+HIT_JOINS = ("JOIN sae s ON s.id = e.sae_id JOIN subject_model m ON m.id = s.model_id "
+             'LEFT JOIN feature f ON f.sae_id = e.sae_id AND f."index" = e.feature_index')
 
 
 def _query_text(query: str) -> str:
@@ -30,12 +38,29 @@ def _query_text(query: str) -> str:
     return query
 
 
+def _hit(r: Mapping[str, Any], score: float | None) -> SearchHit:
+    return SearchHit(explanation_id=r["id"], model=r["model_slug"], sae=r["sae_slug"], index=r["feature_index"],
+                     text=r["text"], explainer=r["explainer"], llm_model=r["llm_model"],
+                     is_label=bool(r["is_label"]), score=score)
+
+
+def _hits_for(c: sa.Connection, ranked: Sequence[tuple[int, float]]) -> list[SearchHit]:
+    """Hits for (explanation id, score) pairs, in their order (ids no longer stored are left out)."""
+    if not ranked:
+        return []
+    q = sa.text(f"SELECT {HIT_COLUMNS} FROM explanation e {HIT_JOINS} WHERE e.id IN :ids").bindparams(
+        sa.bindparam("ids", expanding=True))
+    rows = {r["id"]: r for r in c.execute(q, {"ids": [int(i) for i, _ in ranked]}).mappings()}
+    return [_hit(rows[i], score) for i, score in ranked if i in rows]
+
+
 class Search:
     def __init__(self, db: Database):
         self.db = db
+        self.vectors = Vectors(db)
 
     def text(self, query: str, *, sae_id: int | None = None, limit: int = 20, offset: int = 0) -> list[SearchHit]:
-        """Full-text search over explanation text, best first."""
+        """Full-text search over explanation text, best first (equal ranks newest first)."""
         query = _query_text(query)
         params: dict[str, Any] = {"q": query, "limit": limit, "offset": offset}
         sae_filter = ""
@@ -43,78 +68,94 @@ class Search:
             sae_filter = " AND e.sae_id = :sae_id"
             params["sae_id"] = sae_id
         if self.db.dialect == "postgresql":
-            sql = ("SELECT e.id, e.sae_id, e.feature_index, e.text, e.explainer, e.llm_model, "
-                   "ts_rank(e.text_fts, q) AS rank "  # stored tsvector (migration 0002)
-                   "FROM explanation e, websearch_to_tsquery('english', :q) q "
-                   "WHERE e.text_fts @@ q AND NOT e.failed" + sae_filter +
-                   " ORDER BY rank DESC, e.id LIMIT :limit OFFSET :offset")
-        else:
-            words = re.findall(r"\w+", query, flags=re.UNICODE)[:MAX_QUERY_WORDS]
-            if not words:
-                return []
-            params["q"] = " ".join('"' + w.replace('"', '""') + '"' for w in words)
-            sql = ("SELECT e.id, e.sae_id, e.feature_index, e.text, e.explainer, e.llm_model, "
-                   "-explanation_fts.rank AS rank FROM explanation_fts "
-                   "JOIN explanation e ON e.id = explanation_fts.rowid "
-                   "WHERE explanation_fts MATCH :q AND NOT e.failed" + sae_filter +
-                   " ORDER BY explanation_fts.rank, e.id LIMIT :limit OFFSET :offset")
-        with self.db.read_engine.connect() as c:
-            rows = c.execute(sa.text(sql), params).mappings().all()
-            return self._hits(c, rows)
-
-    def _hits(self, c: sa.Connection, rows: Sequence[Any]) -> list[SearchHit]:
-        if not rows:
+            return self._text_postgres(params, sae_filter)
+        words = re.findall(r"\w+", query, flags=re.UNICODE)[:MAX_QUERY_WORDS]
+        if not words:
             return []
-        saes = {r["id"]: r for r in c.execute(sae_select().where(T_SAE.c.id.in_({r["sae_id"] for r in rows})))
-                .mappings()}
-        label_ids = {r[0] for r in c.execute(sa.select(T_FEATURE.c.label_explanation_id)
-                                             .where(T_FEATURE.c.label_explanation_id.in_([r["id"] for r in rows])))}
-        return [SearchHit(explanation_id=r["id"], model=saes[r["sae_id"]]["model_slug"],
-                          sae=saes[r["sae_id"]]["slug"], index=r["feature_index"], text=r["text"],
-                          explainer=r["explainer"], llm_model=r["llm_model"], is_label=r["id"] in label_ids,
-                          score=float(r["rank"]) if r["rank"] is not None else None) for r in rows]
-
-    def embed_missing(self, embedder: Any, *, sae_id: int | None = None, max_rows: int = 20_000,
-                      batch_size: int = 256) -> int:
-        """Compute and store sentence embeddings for explanations that have none yet."""
-        q = (sa.select(T_EXP.c.id, T_EXP.c.text).outerjoin(T_EMB, T_EMB.c.explanation_id == T_EXP.c.id)
-             .where(T_EMB.c.explanation_id.is_(None), T_EXP.c.failed == sa.false(), T_EXP.c.text != "")
-             .order_by(T_EXP.c.id).limit(max_rows))
-        if sae_id is not None:
-            q = q.where(T_EXP.c.sae_id == sae_id)
+        params["q"] = " ".join('"' + w.replace('"', '""') + '"' for w in words)
+        sql = ("SELECT e.id, -explanation_fts.rank AS rank FROM explanation_fts "
+               "JOIN explanation e ON e.id = explanation_fts.rowid "
+               "WHERE explanation_fts MATCH :q AND NOT e.failed" + sae_filter +
+               " ORDER BY explanation_fts.rank, e.id DESC LIMIT :limit OFFSET :offset")
         with self.db.read_engine.connect() as c:
-            todo = c.execute(q).all()
-        done = 0
-        for start in range(0, len(todo), batch_size):
-            chunk = todo[start:start + batch_size]
-            vectors = embedder.embed([t for _, t in chunk])
-            rows = [dict(explanation_id=i, model=embedder.name, dim=int(v.shape[0]), vector=v.tobytes())
-                    for (i, _), v in zip(chunk, vectors)]
-            with self.db.engine.begin() as c:
-                c.execute(self.db.insert(T_EMB).on_conflict_do_nothing(index_elements=["explanation_id"]), rows)
-            done += len(rows)
-        return done
+            return _hits_for(c, [(r.id, float(r.rank)) for r in c.execute(sa.text(sql), params)])
 
-    def semantic(self, query: str, embedder: Any, *, sae_id: int | None = None, limit: int = 20,
-                 offset: int = 0) -> list[SearchHit]:
-        """Cosine similarity between the query's embedding and explanation embeddings, best first."""
+    def _text_postgres(self, params: dict[str, Any], sae_filter: str) -> list[SearchHit]:
+        """Rank a bounded candidate set.  A common word matches hundreds of thousands of labels
+        and ranking all of them read every one (326 ms at a million).  Two bounded steps:
+
+        - *every match*, through the GIN index alone, when there are at most TEXT_EXACT_MAX:
+          all are ranked, so a rarer query's results are exact;
+        - *the newest matches*: the newest TEXT_CANDIDATES among the newest TEXT_WINDOW
+          explanations, an ordered scan that stops as soon as it has them (a common word
+          costs a few thousand rows).
+
+        The planner's estimate of the matches only decides which step runs first: a wrong
+        guess (correlated words are common) costs the other step, which is bounded too.  When
+        neither is complete, the newest matches are ranked if there are enough for the page,
+        else the first TEXT_EXACT_MAX matches found."""
+        needed = params["offset"] + params["limit"]
+        params["candidates"] = max(TEXT_CANDIDATES, needed)
+        params["window"] = max(TEXT_WINDOW, params["candidates"])
+        params["exact_max"] = max(TEXT_EXACT_MAX, params["candidates"])
+        match = "e.text_fts @@ websearch_to_tsquery('english', :q) AND NOT e.failed"
+        columns = "e.id, e.sae_id, e.feature_index, e.text, e.explainer, e.llm_model, e.text_fts"
+        steps = {
+            "every": f"SELECT {columns} FROM explanation e WHERE {match}{sae_filter} LIMIT :exact_max + 1",
+            "newest": (f"SELECT * FROM (SELECT {columns}, e.failed FROM explanation e WHERE true{sae_filter} "
+                       f"ORDER BY e.id DESC LIMIT :window) e WHERE {match} LIMIT :candidates"),
+        }
+        with self.db.read_engine.connect() as c:
+            plan = c.execute(sa.text(f"EXPLAIN (FORMAT JSON) SELECT 1 FROM explanation e WHERE {match}{sae_filter}"),
+                             params).scalar()
+            rare = plan[0]["Plan"]["Plan Rows"] <= params["exact_max"]
+            found: dict[str, tuple[list[SearchHit], int]] = {}
+            for step in ("every", "newest") if rare else ("newest", "every"):
+                # "every" reads the GIN index and nothing else: never a scan that hunts for matches
+                off = "off" if step == "every" else "on"
+                # (a disabled plan type's cost penalty would trigger JIT compilation: ~0.4 s)
+                c.execute(sa.text(f"SELECT set_config('enable_seqscan', '{off}', true), "
+                                  f"set_config('enable_indexscan', '{off}', true), set_config('jit', 'off', true), "
+                                  "set_config('max_parallel_workers_per_gather', '0', true)"))
+                found[step] = self._ranked(c, steps[step], params)
+                if (step == "every" and found[step][1] <= params["exact_max"]) or \
+                        (step == "newest" and found[step][1] >= params["candidates"]):
+                    return found[step][0]
+        return found["newest"][0] if found["newest"][1] >= needed else found["every"][0]
+
+    @staticmethod
+    def _ranked(c: sa.Connection, candidates: str, params: dict[str, Any]) -> tuple[list[SearchHit], int]:
+        """The page of ``candidates`` ranked by ts_rank (equal ranks newest first), and how many candidates there were."""
+        page = ("SELECT c.*, ts_rank(c.text_fts, websearch_to_tsquery('english', :q)) AS rank FROM candidate c "
+                "ORDER BY rank DESC, c.id DESC LIMIT :limit OFFSET :offset")
+        sql = (f"WITH candidate AS MATERIALIZED ({candidates}) "
+               f"SELECT n.n, {HIT_COLUMNS}, e.rank FROM (SELECT count(*) AS n FROM candidate) n "
+               f"LEFT JOIN (({page}) e {HIT_JOINS}) ON true ORDER BY e.rank DESC, e.id DESC")
+        rows = c.execute(sa.text(sql), params).mappings().all()
+        hits = [_hit(r, float(r["rank"])) for r in rows if r["id"] is not None]
+        return hits, int(rows[0]["n"])
+
+    # --- semantic ---------------------------------------------------------------------------
+
+    def embed_missing(self, embedder: Any, *, sae_id: int | None = None, max_rows: int | None = None) -> int:
+        """Embed every finished explanation that has no embedding yet (``labeler db embed``)."""
+        return self.vectors.embed_missing(embedder, sae_id=sae_id, max_rows=max_rows)
+
+    def embed_features(self, embedder: Any, sae_id: int, features: Iterable[int]) -> int:
+        """Embed these features' new explanations (right after they are saved)."""
+        return self.vectors.embed_features(embedder, sae_id, features)
+
+    def semantic(self, query: str, embedder: Any, indexes: VectorIndexes, *, sae_id: int | None = None,
+                 limit: int = 20, offset: int = 0) -> list[SearchHit]:
+        """Explanations nearest to the query's embedding (cosine similarity), best first, from
+        the ANN ``indexes`` of the stored embeddings.  Explanations not embedded yet (see
+        ``embed_missing``) are not found; nothing is embedded here but the query."""
         query = _query_text(query)
-        self.embed_missing(embedder, sae_id=sae_id)
-        q = (sa.select(T_EMB.c.explanation_id, T_EMB.c.vector).join(T_EXP, T_EXP.c.id == T_EMB.c.explanation_id)
-             .where(T_EMB.c.model == embedder.name))
-        if sae_id is not None:
-            q = q.where(T_EXP.c.sae_id == sae_id)
+        if offset + limit > MAX_SEMANTIC_RESULTS:
+            raise InputError(f"semantic search returns the {MAX_SEMANTIC_RESULTS} nearest explanations at most "
+                             f"(offset + limit = {offset + limit})")
         with self.db.read_engine.connect() as c:
-            stored = c.execute(q).all()
-            if not stored:
-                return []
-            ids = np.array([r[0] for r in stored])
-            matrix = np.frombuffer(b"".join(r[1] for r in stored), dtype=np.float32).reshape(len(stored), -1)
-            sims = matrix @ embedder.embed([query])[0]
-            order = np.lexsort((ids, -sims))[offset:offset + limit]
-            picked = {int(ids[i]): float(sims[i]) for i in order}
-            rows = c.execute(sa.select(T_EXP.c.id, T_EXP.c.sae_id, T_EXP.c.feature_index, T_EXP.c.text,
-                                       T_EXP.c.explainer, T_EXP.c.llm_model)
-                             .where(T_EXP.c.id.in_(list(picked)))).mappings().all()
-            rows = sorted(({**r, "rank": picked[r["id"]]} for r in rows), key=lambda r: (-r["rank"], r["id"]))
-            return self._hits(c, rows)
+            sae_ids = [sae_id] if sae_id is not None else list(c.execute(sa.select(T_SAE.c.id)).scalars())
+        nearest = indexes.search(sae_ids, embedder.name, embedder.embed([query])[0], offset + limit)
+        with self.db.read_engine.connect() as c:
+            return _hits_for(c, nearest[offset:offset + limit])

@@ -3,8 +3,9 @@
 
 Read from the store's ``neighbours.safetensors`` (``indices`` int32 [F, N], ``values`` float32
 [F, N], computed once by collect) when it is there; otherwise computed here from the store's
-decoder directions, one block of rows against all of them at a time (memory: block x F floats;
-time grows with F squared, so a million-feature SAE wants the stored file).
+decoder directions (``labeler.db.neighbours.top_neighbours``: one block of rows against all of
+them at a time, memory block x F floats; time grows with F squared, so a million-feature SAE
+wants the stored file).
 """
 
 from __future__ import annotations
@@ -15,22 +16,10 @@ from typing import Callable
 import numpy as np
 
 from labeler.core.errors import InputError
+from labeler.db.neighbours import top_neighbours
 
 Neighbours = Callable[[int, int], tuple[np.ndarray, np.ndarray]]
 """``neighbours(start, end)`` -> (indices [end-start, k], cosine similarities [end-start, k])."""
-
-
-def top_k_cosine(unit: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """For each row index, the ``k`` most similar other rows of ``unit`` (unit-norm), best first."""
-    sims = unit[rows] @ unit.T
-    sims[np.arange(len(rows)), rows] = -np.inf  # a feature is not its own neighbour
-    k = min(k, unit.shape[0] - 1)
-    if k <= 0:
-        return np.zeros((len(rows), 0), np.int64), np.zeros((len(rows), 0), np.float32)
-    part = np.argpartition(-sims, k - 1, axis=1)[:, :k]
-    order = np.argsort(-np.take_along_axis(sims, part, axis=1), axis=1, kind="stable")
-    idx = np.take_along_axis(part, order, axis=1)
-    return idx, np.take_along_axis(sims, idx, axis=1)
 
 
 def store_neighbours(store, k: int) -> Neighbours:
@@ -52,6 +41,6 @@ def store_neighbours(store, k: int) -> Neighbours:
     directions = store.decoder_directions() if k > 0 else None
     if directions is None:
         return lambda start, end: (np.zeros((end - start, 0), np.int64), np.zeros((end - start, 0), np.float32))
-    dec = np.asarray(directions, dtype=np.float32)
-    unit = dec / np.maximum(np.linalg.norm(dec, axis=1, keepdims=True), 1e-12)
-    return lambda start, end: top_k_cosine(unit, np.arange(start, end), k)
+    k = min(k, len(directions) - 1)
+    indices, values = top_neighbours(directions, k)  # the one blocked computation (labeler.db.neighbours)
+    return lambda start, end: (indices[start:end], values[start:end])

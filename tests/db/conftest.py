@@ -25,6 +25,9 @@ class DuckStore:
         return {"count": np.arange(n) * 10, "density": np.linspace(0.0, 0.7, n),
                 "max": np.arange(n, dtype=np.float32) + 1.0, "mean": np.full(n, 0.25, dtype=np.float32)}
 
+    def decoder_directions(self):
+        return None  # a neuron basis: no nearest features
+
     def features(self, indices):
         from labeler.records import FeatureRecord
 

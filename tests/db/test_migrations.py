@@ -10,10 +10,10 @@ from labeler.db.engine import head_revision
 from labeler.db.models import metadata
 
 TABLES = {"subject_model", "sae", "feature", "explanation", "score", "explanation_embedding", "job",
-          "job_feature", "llm_usage"}
+          "job_feature", "llm_usage", "feature_neighbours"}
 
 
-HEAD = "0006"
+HEAD = "0005"
 
 
 def test_upgrade_from_empty_matches_models(database_url):

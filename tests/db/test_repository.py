@@ -213,21 +213,3 @@ def test_jobs(repo, duck_store):
         jobs.set_status(job + 100, "done")
     with pytest.raises(InputError, match="unknown feature status"):
         jobs.mark_feature(job, 1, "weird")
-
-
-def test_semantic_search(tmp_path):
-    from labeler.db import Repository
-    from labeler.db.embeddings import load_embedder
-
-    repo = Repository.open(f"sqlite:///{tmp_path / 's.db'}")
-    embedder = load_embedder()
-    sae_id = repo.catalog.ensure_sae("m", "s", n_features=3)
-    repo.results.save_explanation(sae_id, exp(feature=0, text="famous suspension bridges in San Francisco"))
-    repo.results.save_explanation(sae_id, exp(feature=1, text="Python programming syntax and code"))
-    repo.results.save_explanation(sae_id, exp(feature=2, text="cats, dogs and other pets"))
-    hits = repo.search.semantic("the golden gate", embedder, sae_id=sae_id, limit=3)
-    assert hits[0].index == 0
-    assert hits[0].score > hits[1].score
-    assert [h.index for h in repo.search.semantic("kittens and puppies", embedder)][:1] == [2]
-    assert repo.search.embed_missing(embedder) == 0  # embeddings were stored on first use
-    repo.close()

@@ -3,8 +3,8 @@
 Plain server-rendered HTML (Jinja2) with inline CSS and SVG; no scripts, no external assets.
 The feature page's steering panel and text box are forms posting to page routes
 (``labeler.api.routes.steer``) that render this page again with their result.
-The data is what the REST API returns (the same ``repo.reads`` views); contexts and nearest
-neighbours come from the SAE's collect store when this server can read it.
+The data is what the REST API returns (the same ``repo.reads`` views); contexts come from the
+SAE's collect store when this server can read it, nearest features from the database.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import math
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
@@ -66,21 +65,11 @@ def store_for(stores: StoreCache, sae: SaeView) -> FeatureStore | None:
         return None
 
 
-def nearest_features(store: FeatureStore | None, index: int, k: int = N_NEIGHBOURS) -> list[tuple[int, float]]:
-    """Features whose decoder directions have the highest cosine similarity with ``index``'s."""
-    dec = store.decoder_directions() if store is not None else None
-    if dec is None or not 0 <= index < len(dec):
-        return []
-    dec = np.asarray(dec, dtype=np.float32)
-    unit = dec / np.maximum(np.linalg.norm(dec, axis=1, keepdims=True), 1e-12)
-    sims = unit @ unit[index]
-    sims[index] = -np.inf
-    k = min(k, len(sims) - 1)
-    if k <= 0:
-        return []
-    top = np.argpartition(-sims, k - 1)[:k]
-    top = top[np.argsort(-sims[top])]
-    return [(int(i), float(sims[i])) for i in top]
+def nearest_features(repo: Repository, sae_id: int, index: int, k: int = N_NEIGHBOURS) -> list[tuple[int, float]]:
+    """The features whose decoder directions are most cosine-similar to ``index``'s: computed
+    once with the store and imported when it was registered (``labeler.db.neighbours``), so
+    a page never loads a decoder."""
+    return repo.neighbours.of(sae_id, index, k)
 
 
 def histogram_svg(edges: list[float], counts: list[int], width: int = 360, height: int = 110) -> Markup:
@@ -153,7 +142,7 @@ def feature_context(repo: Repository, stores: StoreCache, model: str, sae: str, 
         top_ctx = contexts(rec, ("top",), 10)
         sampled_ctx = contexts(rec, ("quantile", "sample"), 10)
         promoted, suppressed = rec.promoted_tokens, rec.suppressed_tokens
-    neighbours = nearest_features(store, index)
+    neighbours = nearest_features(repo, info.id, index)
     labels = repo.reads.labels_for(info.id, [i for i, _ in neighbours])
     return {
         "sae": info, "index": index, "f": view, "explanations": list(reversed(view.explanations)),
