@@ -21,20 +21,23 @@ T_FEATURE = Feature.__table__
 FULL_STATS_MAX_FEATURES = 65_536  # above this, registering reads only the store's summary arrays
 
 
-def sae_select() -> sa.Select:
-    """SAE rows with their model's slug and name, and how many features have a label."""
+def sae_select(*, count_labeled: bool = False) -> sa.Select:
+    """SAE rows with their model's slug and name; with ``count_labeled``, also how many features
+    have a label (a scan of the SAE's features: 0.3 s at a million, so lists only)."""
+    q = (sa.select(T_SAE, T_MODEL.c.slug.label("model_slug"), T_MODEL.c.name.label("model_name"))
+         .join(T_MODEL, T_MODEL.c.id == T_SAE.c.model_id))
+    if not count_labeled:
+        return q
     labeled = (sa.select(T_FEATURE.c.sae_id, sa.func.count().label("n"))
                .where(T_FEATURE.c.label_explanation_id.is_not(None)).group_by(T_FEATURE.c.sae_id).subquery())
-    return (sa.select(T_SAE, T_MODEL.c.slug.label("model_slug"), T_MODEL.c.name.label("model_name"),
-                      sa.func.coalesce(labeled.c.n, 0).label("n_labeled"))
-            .join(T_MODEL, T_MODEL.c.id == T_SAE.c.model_id)
+    return (q.add_columns(sa.func.coalesce(labeled.c.n, 0).label("n_labeled"))
             .outerjoin(labeled, labeled.c.sae_id == T_SAE.c.id))
 
 
 def sae_view(r: Any) -> SaeView:
     return SaeView(id=r["id"], model=r["model_slug"], model_name=r["model_name"], sae=r["slug"], name=r["name"],
                    hook=r["hook"], format=r["format"], n_features=r["n_features"], store_path=r["store_path"],
-                   created_at=iso(r["created_at"]), n_labeled=r["n_labeled"])
+                   created_at=iso(r["created_at"]), n_labeled=r.get("n_labeled"))
 
 
 class Catalog:
@@ -153,7 +156,7 @@ class Catalog:
                 for r in rows]
 
     def list_saes(self, model_slug: str | None = None, limit: int = 100, offset: int = 0) -> list[SaeView]:
-        q = sae_select().order_by(T_MODEL.c.slug, T_SAE.c.slug).limit(limit).offset(offset)
+        q = sae_select(count_labeled=True).order_by(T_MODEL.c.slug, T_SAE.c.slug).limit(limit).offset(offset)
         if model_slug is not None:
             q = q.where(T_MODEL.c.slug == model_slug)
         with self.db.read_engine.connect() as c:

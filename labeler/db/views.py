@@ -37,7 +37,7 @@ class SaeView(BaseModel):
     n_features: int
     store_path: str | None = Field(None, description="collect store the features came from")
     created_at: str | None = None
-    n_labeled: int = Field(0, description="features that have a label")
+    n_labeled: int | None = Field(None, description="features that have a label (in lists of SAEs)")
 
 
 class UsageView(BaseModel):

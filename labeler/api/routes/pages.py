@@ -125,6 +125,7 @@ def sae_features_page(request: Request, repo: RepoDep, model: str, sae: str,
         pages = max(1, math.ceil(total / PAGE_SIZE))
     return templates.TemplateResponse(request, "sae.html", {
         "sae": info, "items": items, "q": q, "page": page, "pages": pages, "total": total, "labeled": labeled,
+        "n_labeled": repo.reads.count_features(info.id, has_label=True),
     })
 
 
