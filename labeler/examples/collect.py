@@ -241,14 +241,13 @@ def output_tokens(W_dec: torch.Tensor, W_U: torch.Tensor, k: int, chunk: int = 4
 
 
 def stream(subject: Subject, cfg: CollectConfig, sinks: list[Sink], first: int, stop: int, *,
-           progress: bool, log) -> float:
+           progress: bool, stop_flag: InterruptFlag) -> float:
     """Feed windows [first + min position, stop) to every sink; checkpoints on a timer and on
     Ctrl-C. Returns the stream's wall time."""
     start = first + min(s.acc.windows_seen for s in sinks)
     windows = itertools.islice(iter_windows(iter_texts(cfg.corpus), subject.tokenizer, cfg.ctx_len), start, stop)
     bar = _progress(progress, (stop - first) * cfg.ctx_len, (start - first) * cfg.ctx_len)
     content = subject.frame.content_slice
-    stop_flag = InterruptFlag()
     t0 = last = time.monotonic()
     at = start
     try:
@@ -276,7 +275,6 @@ def stream(subject: Subject, cfg: CollectConfig, sinks: list[Sink], first: int, 
                     sink.folder.save(sink.acc)
                 last = time.monotonic()
     finally:
-        stop_flag.restore()
         if bar is not None:
             bar.close()
     return time.monotonic() - t0
@@ -318,11 +316,17 @@ def run_collect_many(configs: list[CollectConfig], outs: list[str | Path], *, fo
             clear(loc)
         todo.append((cfg, loc))
     if todo:
-        _collect(todo, progress=progress, log=log)
+        # SIGINT becomes a flag before anything is written, so a Ctrl-C at any point lands
+        # between batches and is saved
+        stop_flag = InterruptFlag()
+        try:
+            _collect(todo, progress=progress, log=log, stop_flag=stop_flag)
+        finally:
+            stop_flag.restore()
     return [loc.local if not loc.remote else loc.url for loc in locs]
 
 
-def _collect(todo: list[tuple[CollectConfig, Location]], *, progress: bool, log) -> None:
+def _collect(todo: list[tuple[CollectConfig, Location]], *, progress: bool, log, stop_flag: InterruptFlag) -> None:
     t_load = time.monotonic()
     cfgs = [c for c, _ in todo]
     torch.manual_seed(cfgs[0].seed)
@@ -348,7 +352,7 @@ def _collect(todo: list[tuple[CollectConfig, Location]], *, progress: bool, log)
         manifests.append(manifest)
     load_s = time.monotonic() - t_load
     seen_before = [s.acc.tokens_seen for s in sinks]
-    stream_s = stream(subject, cfgs[0], sinks, 0, cfgs[0].n_target, progress=progress, log=log)
+    stream_s = stream(subject, cfgs[0], sinks, 0, cfgs[0].n_target, progress=progress, stop_flag=stop_flag)
     for (cfg, loc), sink, manifest, before in zip(todo, sinks, manifests, seen_before):
         if sink.acc.windows_seen == 0:
             raise InputError(f"corpus {cfg.corpus.source!r} is empty: it gave no window of {cfg.ctx_len} tokens")

@@ -290,8 +290,9 @@ class FeatureStore:
         return out
 
     def _pool_examples(self, i: int, split: str, z: dict, acts: dict[int, np.ndarray]) -> list[ActivationExample]:
-        """``random`` (held-out splits) then ``nonactivating``, both from the shared random windows,
-        in this feature's own seeded order; the two never share a window."""
+        """``random`` (held-out splits) then ``nonactivating`` (the quiet ones among them: a zero
+        ``random`` window can be both), from the shared random windows in this feature's own
+        seeded order."""
         if self._pool is None:
             from labeler.examples.accumulate import split_of
 
@@ -303,7 +304,7 @@ class FeatureStore:
         w = w[order]
         n_random = int(z["random"]) if split != "train" else 0
         out = [self._example(x, acts.get(int(x)), split, "random") for x in w[:n_random]]
-        quiet = [x for x in w[n_random:] if (a := acts.get(int(x))) is None or float(a.max()) <= 0]
+        quiet = [x for x in w if (a := acts.get(int(x))) is None or float(a.max()) <= 0]
         out += [self._example(x, acts.get(int(x)), split, "nonactivating") for x in quiet[:int(z["nonactivating"])]]
         return out
 
