@@ -243,7 +243,7 @@ class Accumulator:
                  sizes: dict[str, SplitSizes] = DEFAULT_SIZES,
                  split_percent: tuple[int, int, int] = DEFAULT_SPLIT_PERCENT):
         self.start, self.stop, self.L, self.seed = start, stop, ctx_len, seed
-        self.nonneg, self.sizes, self.split_percent = nonneg, sizes, split_percent
+        self.nonneg, self.sizes, self.split_percent, self.block = nonneg, sizes, split_percent, block
         self.bounds = block_bounds(start, stop, block)
         self.blocks = [BlockState(a, b - a, seed, nonneg=nonneg, sizes=sizes, ctx_len=ctx_len) for a, b in self.bounds]
         self.tokens_seen = 0

@@ -367,7 +367,7 @@ def _collect(todo: list[tuple[CollectConfig, Location]], *, progress: bool, log,
 
 def finalize_store(loc: Location, manifest: dict, cfg: CollectConfig, tokenizer_or_vocab, folders: list[StateFolder],
                    *, blocks: Accumulator | None = None, output_folders: list[tuple[int, StateFolder]] | None = None,
-                   log=lambda *_: None) -> None:
+                   pieces: list[tuple[int, int]] | None = None) -> None:
     """Write the store from the state folders (corpus slices of one feature range each, or the
     in-memory ``blocks`` of a single run), then publish it."""
     from safetensors.numpy import load_file
@@ -391,7 +391,9 @@ def finalize_store(loc: Location, manifest: dict, cfg: CollectConfig, tokenizer_
             outputs[start] = load_file(str(f.loc.fetch(f"{f.prefix}/output_tokens.safetensors")))
     out_starts = sorted(outputs)
     F = int(manifest["sae"]["n_features"])
-    for i, (a, b) in enumerate(block_bounds(0, F, cfg.block)):
+    if pieces is None:
+        pieces = blocks.bounds if blocks is not None else block_bounds(0, F, cfg.block)
+    for i, (a, b) in enumerate(pieces):
         if blocks is not None:
             blk = blocks.blocks[i]
             blocks.blocks[i] = None  # type: ignore[call-overload]  # written: free it
