@@ -70,15 +70,15 @@ def parse_feature_range(text: str, n_features: int) -> tuple[int, int]:
 
 
 def plan(cfg: CollectConfig, n_features: int, feature_shards: int, corpus_shards: int) -> list[PartSpec]:
-    """Feature ranges on block boundaries (shard_size when the SAE has few blocks), corpus slices
-    on batch boundaries."""
+    """Feature ranges on block boundaries (on file boundaries, or even, for small SAEs; any range
+    computes the same values, since blocks are always encoded whole), corpus slices on batch
+    boundaries."""
     if feature_shards < 1 or corpus_shards < 1:
         raise ConfigError("--feature-shards and --corpus-shards must be at least 1")
-    unit = cfg.block if n_features >= feature_shards * cfg.block else cfg.shard_size
+    unit = next(u for u in (cfg.block, cfg.shard_size, 1) if n_features >= feature_shards * u)
     units = -(-n_features // unit)
     if feature_shards > units:
-        raise ConfigError(f"--feature-shards {feature_shards}: {n_features} features make at most {units} "
-                          f"shards of {unit} (the store's file size)")
+        raise ConfigError(f"--feature-shards {feature_shards}: the SAE has only {n_features} features")
     cuts = [min(n_features, round(i * units / feature_shards) * unit) for i in range(feature_shards + 1)]
     batches = -(-cfg.n_target // cfg.batch_size)
     if corpus_shards > batches:
