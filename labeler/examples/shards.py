@@ -75,10 +75,10 @@ def plan(cfg: CollectConfig, n_features: int, feature_shards: int, corpus_shards
     boundaries."""
     if feature_shards < 1 or corpus_shards < 1:
         raise ConfigError("--feature-shards and --corpus-shards must be at least 1")
+    if feature_shards > n_features:
+        raise ConfigError(f"--feature-shards {feature_shards}: the SAE has only {n_features} features")
     unit = next(u for u in (cfg.block, cfg.shard_size, 1) if n_features >= feature_shards * u)
     units = -(-n_features // unit)
-    if feature_shards > units:
-        raise ConfigError(f"--feature-shards {feature_shards}: the SAE has only {n_features} features")
     cuts = [min(n_features, round(i * units / feature_shards) * unit) for i in range(feature_shards + 1)]
     batches = -(-cfg.n_target // cfg.batch_size)
     if corpus_shards > batches:
