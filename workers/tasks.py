@@ -42,7 +42,7 @@ def collect_part(job_id: int, index: int) -> dict[str, Any]:
     from labeler.core.config import get_settings
     from labeler.runs.collect_jobs import run_part_of_job
 
-    return {"status": run_part_of_job(runner().repo, get_settings(), int(job_id), int(index))}
+    return {"status": run_part_of_job(runner().repo, get_settings(), int(job_id), int(index), log=print)}
 
 
 @worker_init.connect  # the threads and solo pools
