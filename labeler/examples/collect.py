@@ -24,9 +24,8 @@ import torch
 
 from labeler.core.errors import ConfigError, InputError, StoreMismatchError
 from labeler.corpus import CorpusSpec, frame_for, iter_texts, iter_windows
-from labeler.examples.accumulate import (DEFAULT_SIZES, DEFAULT_SPLIT_PERCENT, SPLITS, Accumulator, SplitSizes,
-                                         block_bounds)
-from labeler.examples.finalize import StoreWriter, write_tokens
+from labeler.examples.accumulate import DEFAULT_SIZES, DEFAULT_SPLIT_PERCENT, SPLITS, Accumulator, SplitSizes
+from labeler.examples.finalize import finalize_store
 from labeler.examples.neighbours import DEFAULT_NEIGHBOURS
 from labeler.examples.storage import Location
 from labeler.examples.store import FORMAT_VERSION, MANIFEST
@@ -145,15 +144,6 @@ def clear(loc: Location) -> None:
         loc.remove(name)
 
 
-def token_strings(tokenizer) -> list[str]:
-    """Display string of every token id, with the leading space it has inside running text."""
-    vocab_size = len(tokenizer)
-    anchor = tokenizer("a", add_special_tokens=False)["input_ids"][:1] or [0]
-    base = tokenizer.decode(anchor)
-    pairs = tokenizer.batch_decode([anchor + [i] for i in range(vocab_size)], clean_up_tokenization_spaces=False)
-    return [p[len(base):] if p.startswith(base) else tokenizer.decode([i]) for i, p in enumerate(pairs)]
-
-
 @dataclass
 class Subject:
     """The loaded model, tokenizer and hookpoints shared by every SAE of a run."""
@@ -217,10 +207,11 @@ def write_outputs(encoder, subject: Subject, loc: Location, prefix: str, start: 
         return
     W = encoder.W_dec[start:stop]
     unit = torch.empty(W.shape, dtype=torch.float32)
-    for s in range(0, W.shape[0], 65536):
-        w = W[s:s + 65536].float()
-        unit[s:s + 65536] = (w / w.norm(dim=-1, keepdim=True).clamp_min(1e-12)).cpu()
+    for s in range(0, W.shape[0], 8192):
+        w = W[s:s + 8192].float()
+        unit[s:s + 8192] = (w / w.norm(dim=-1, keepdim=True).clamp_min(1e-12)).cpu()
     _save(loc, f"{prefix}/decoder.safetensors", {"directions": unit.numpy()})
+    del unit
     W_U = output_embedding(subject.model)
     if W_U is not None and W_U.shape[1] == encoder.d_in and n_tokens > 0:
         pro, sup = output_tokens(W, W_U.detach().float(), n_tokens)
@@ -229,7 +220,7 @@ def write_outputs(encoder, subject: Subject, loc: Location, prefix: str, start: 
 
 
 @torch.inference_mode()
-def output_tokens(W_dec: torch.Tensor, W_U: torch.Tensor, k: int, chunk: int = 4096):
+def output_tokens(W_dec: torch.Tensor, W_U: torch.Tensor, k: int, chunk: int = 512):
     """Top promoted / suppressed token ids (int32) of each decoder direction through the unembedding."""
     k = min(k, W_U.shape[0])
     pro, sup = [], []
@@ -363,74 +354,6 @@ def _collect(todo: list[tuple[CollectConfig, Location]], *, progress: bool, log,
         sink.encoder.W_enc = None  # the encoder's work is done: make room for the neighbour search
         finalize_store(loc, manifest, cfg, subject.tokenizer, [sink.folder], blocks=sink.acc)
         log(f"store {loc} is complete")
-
-
-def finalize_store(loc: Location, manifest: dict, cfg: CollectConfig, tokenizer_or_vocab, folders: list[StateFolder],
-                   *, blocks: Accumulator | None = None, output_folders: list[tuple[int, StateFolder]] | None = None,
-                   pieces: list[tuple[int, int]] | None = None) -> None:
-    """Write the store from the state folders (corpus slices of one feature range each, or the
-    in-memory ``blocks`` of a single run), then publish it."""
-    from safetensors.numpy import load_file
-
-    t0 = time.monotonic()
-    token_folders = [f for f in folders if f.writes_tokens]
-    chunks = sorted((a, b, f.loc.fetch(name)) for f in token_folders for a, b, name in f.token_files())
-    n_windows = chunks[-1][1] if chunks else 0
-    tokens = write_tokens(loc, (np.load(p) for _, _, p in chunks), n_windows, cfg.ctx_len)
-    vocab = tokenizer_or_vocab if isinstance(tokenizer_or_vocab, list) else token_strings(tokenizer_or_vocab)
-    loc.write_json("vocab.json", vocab)
-    manifest.update({"tokens_seen": n_windows * cfg.ctx_len, "n_windows": n_windows})
-    writer = StoreWriter(loc, manifest, shard_size=cfg.shard_size, tokens=tokens)
-    nonneg = manifest["sae"]["architecture"] != "neurons"
-    out_folders = output_folders if output_folders is not None else [(0, folders[0])]
-    decoders, outputs = [], {}
-    for start, f in out_folders:
-        if f.loc.exists(f"{f.prefix}/decoder.safetensors"):
-            decoders.append((start, load_file(str(f.loc.fetch(f"{f.prefix}/decoder.safetensors")))["directions"]))
-        if f.loc.exists(f"{f.prefix}/output_tokens.safetensors"):
-            outputs[start] = load_file(str(f.loc.fetch(f"{f.prefix}/output_tokens.safetensors")))
-    out_starts = sorted(outputs)
-    F = int(manifest["sae"]["n_features"])
-    if pieces is None:
-        pieces = blocks.bounds if blocks is not None else block_bounds(0, F, cfg.block)
-    for i, (a, b) in enumerate(pieces):
-        if blocks is not None:
-            blk = blocks.blocks[i]
-            blocks.blocks[i] = None  # type: ignore[call-overload]  # written: free it
-        else:
-            blk = _merged_block(folders, a, b, cfg, nonneg)
-        o = None
-        if out_starts:
-            s0 = max(s for s in out_starts if s <= a)
-            o = {k: v[a - s0:b - s0] for k, v in outputs[s0].items()}
-        writer.write_block(blk, o)
-        del blk
-    decoder = None
-    if decoders:
-        decoder = torch.from_numpy(np.concatenate([d for _, d in sorted(decoders, key=lambda t: t[0])]))
-        from labeler.examples.finalize import _save
-
-        _save(loc, "decoder.safetensors", {"directions": decoder.numpy()})
-    manifest.setdefault("timing", {})
-    writer.finish(decoder=decoder, n_neighbours=cfg.neighbours, sizes=manifest["settings"]["sizes"], seed=cfg.seed,
-                  split_percent=cfg.split_percent, pool_rates=pool_rates(cfg.pool_sizes(nonneg), cfg.n_target,
-                                                                         cfg.split_percent),
-                  neighbour_device=cfg.device)
-    manifest["timing"]["finalize_s"] = round(time.monotonic() - t0, 3)
-    loc.write_json(MANIFEST, manifest)
-    for name in (CHECKPOINT, "parts"):
-        loc.remove(name)
-
-
-def _merged_block(folders: list[StateFolder], a: int, b: int, cfg: CollectConfig, nonneg: bool):
-    from labeler.examples.accumulate import BlockState
-
-    blk = BlockState(a, b - a, cfg.seed, nonneg=nonneg, sizes=cfg.sizes, ctx_len=cfg.ctx_len)
-    for f in folders:
-        fa, fb = f.position["features"]
-        if fa <= a and b <= fb:
-            blk.absorb(f.load_block(a, b))
-    return blk
 
 
 def model_name(model: str) -> str:

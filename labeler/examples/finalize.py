@@ -15,20 +15,38 @@ import numpy as np
 import torch
 
 from labeler.examples import hard_negatives
-from labeler.examples.accumulate import FIXED_SCALE, HIST_EDGES, SPLITS, BlockState, in_pool, split_of
+from labeler.examples.accumulate import FIXED_SCALE, HIST_EDGES, SPLITS, BlockState, block_bounds, in_pool, split_of
 from labeler.examples.neighbours import nearest_by_cosine
 from labeler.examples.reservoir import gather_runs, key_window, rank_float
 from labeler.examples.storage import Location
 from labeler.examples.store import FORMAT_VERSION, MANIFEST, FeatureStore
+from labeler.examples.stream import pool_rates
+
+
+_DTYPES = {np.dtype(np.float32): "F32", np.dtype(np.float16): "F16", np.dtype(np.float64): "F64",
+           np.dtype(np.int64): "I64", np.dtype(np.int32): "I32", np.dtype(np.int16): "I16", np.dtype(np.uint8): "U8"}
 
 
 def _save(loc: Location, name: str, tensors: dict) -> None:
-    from safetensors.numpy import save_file
+    """Write a safetensors file array by array (``safetensors.save_file`` first copies every
+    array into one bytes object: for a 1M-feature decoder that is another 1.5 GB), then publish."""
+    import json
 
+    arrays = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
+    header, at = {}, 0
+    for k, v in arrays.items():
+        header[k] = {"dtype": _DTYPES[v.dtype], "shape": list(v.shape), "data_offsets": [at, at + v.nbytes]}
+        at += v.nbytes
+    blob = json.dumps(header, separators=(",", ":")).encode()
+    blob += b" " * (-len(blob) % 8)
     p = loc.path(name)
     p.parent.mkdir(parents=True, exist_ok=True)
     tmp = p.with_name(p.name + ".tmp")
-    save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(tmp))
+    with open(tmp, "wb") as fh:
+        fh.write(len(blob).to_bytes(8, "little"))
+        fh.write(blob)
+        for v in arrays.values():
+            v.tofile(fh)
     tmp.replace(p)
     loc.put(name)
 
@@ -179,3 +197,86 @@ def write_tokens(loc: Location, chunks: Iterable[np.ndarray], n_windows: int, ct
     tmp.replace(p)
     loc.put("tokens.npy")
     return np.load(p, mmap_mode="r")
+
+
+def token_strings(tokenizer) -> list[str]:
+    """Display string of every token id, with the leading space it has inside running text."""
+    vocab_size = len(tokenizer)
+    anchor = tokenizer("a", add_special_tokens=False)["input_ids"][:1] or [0]
+    base = tokenizer.decode(anchor)
+    pairs = tokenizer.batch_decode([anchor + [i] for i in range(vocab_size)], clean_up_tokenization_spaces=False)
+    return [p[len(base):] if p.startswith(base) else tokenizer.decode([i]) for i, p in enumerate(pairs)]
+
+
+def finalize_store(loc: Location, manifest: dict, cfg, tokenizer_or_vocab, folders: list,
+                   *, blocks=None, output_folders: list | None = None,
+                   pieces: list[tuple[int, int]] | None = None) -> None:
+    """``cfg`` is the run's CollectConfig. Write the store from the state folders (corpus slices of one feature range each, or the
+    in-memory ``blocks`` of a single run), then publish it."""
+    from safetensors.numpy import load_file
+
+    t0 = time.monotonic()
+    token_folders = [f for f in folders if f.writes_tokens]
+    chunks = sorted((a, b, f.loc.fetch(name)) for f in token_folders for a, b, name in f.token_files())
+    n_windows = chunks[-1][1] if chunks else 0
+    tokens = write_tokens(loc, (np.load(p) for _, _, p in chunks), n_windows, cfg.ctx_len)
+    vocab = tokenizer_or_vocab if isinstance(tokenizer_or_vocab, list) else token_strings(tokenizer_or_vocab)
+    loc.write_json("vocab.json", vocab)
+    manifest.update({"tokens_seen": n_windows * cfg.ctx_len, "n_windows": n_windows})
+    writer = StoreWriter(loc, manifest, shard_size=cfg.shard_size, tokens=tokens)
+    nonneg = manifest["sae"]["architecture"] != "neurons"
+    out_folders = output_folders if output_folders is not None else [(0, folders[0])]
+    decoders, outputs = [], {}
+    for start, f in out_folders:
+        if f.loc.exists(f"{f.prefix}/decoder.safetensors"):
+            decoders.append((start, load_file(str(f.loc.fetch(f"{f.prefix}/decoder.safetensors")))["directions"]))
+        if f.loc.exists(f"{f.prefix}/output_tokens.safetensors"):
+            outputs[start] = load_file(str(f.loc.fetch(f"{f.prefix}/output_tokens.safetensors")))
+    out_starts = sorted(outputs)
+    F = int(manifest["sae"]["n_features"])
+    if pieces is None:
+        pieces = blocks.bounds if blocks is not None else block_bounds(0, F, cfg.block)
+    for i, (a, b) in enumerate(pieces):
+        if blocks is not None:
+            blk = blocks.blocks[i]
+            blocks.blocks[i] = None  # type: ignore[call-overload]  # written: free it
+        else:
+            blk = _merged_block(folders, a, b, cfg, nonneg)
+        o = None
+        if out_starts:
+            s0 = max(s for s in out_starts if s <= a)
+            o = {k: v[a - s0:b - s0] for k, v in outputs[s0].items()}
+        writer.write_block(blk, o)
+        del blk
+    decoder = None
+    if decoders:
+        decoders.sort(key=lambda t: t[0])
+        if len(decoders) == 1:
+            decoder = torch.from_numpy(decoders.pop()[1])
+        else:  # filled piece by piece: never two full copies at once
+            full = np.empty((F, decoders[0][1].shape[1]), dtype=np.float32)
+            while decoders:
+                start, d = decoders.pop(0)
+                full[start:start + len(d)] = d
+                del d
+            decoder = torch.from_numpy(full)
+        _save(loc, "decoder.safetensors", {"directions": decoder.numpy()})
+    manifest.setdefault("timing", {})
+    writer.finish(decoder=decoder, n_neighbours=cfg.neighbours, sizes=manifest["settings"]["sizes"], seed=cfg.seed,
+                  split_percent=cfg.split_percent, pool_rates=pool_rates(cfg.pool_sizes(nonneg), cfg.n_target,
+                                                                         cfg.split_percent),
+                  neighbour_device=cfg.device)
+    manifest["timing"]["finalize_s"] = round(time.monotonic() - t0, 3)
+    loc.write_json(MANIFEST, manifest)
+    for name in ("checkpoint", "parts"):  # the state folders are in the store now
+        loc.remove(name)
+
+
+def _merged_block(folders: list, a: int, b: int, cfg, nonneg: bool) -> BlockState:
+    """The block [a, b) absorbed from every state folder (corpus slice) that holds it."""
+    blk = BlockState(a, b - a, cfg.seed, nonneg=nonneg, sizes=cfg.sizes, ctx_len=cfg.ctx_len)
+    for f in folders:
+        fa, fb = f.position["features"]
+        if fa <= a and b <= fb:
+            blk.absorb(f.load_block(a, b))
+    return blk

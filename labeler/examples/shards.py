@@ -20,8 +20,9 @@ from pathlib import Path
 from labeler.core.errors import ConfigError, InputError
 from labeler.corpus import CorpusSpec
 from labeler.examples.accumulate import Accumulator, SplitSizes, block_bounds
-from labeler.examples.collect import (CollectConfig, check_existing, clear, config_hash, finalize_store, load_subject,
-                                      open_encoder, stream, write_outputs, base_manifest)
+from labeler.examples.collect import (CollectConfig, base_manifest, check_existing, clear, config_hash, load_subject,
+                                      open_encoder, stream, write_outputs)
+from labeler.examples.finalize import finalize_store, token_strings
 from labeler.examples.storage import Location
 from labeler.examples.store import MANIFEST
 from labeler.examples.stream import InterruptFlag, Sink, StateFolder, pool_rates
@@ -150,8 +151,6 @@ def run_part(cfg: CollectConfig, out: str | Path, part: PartSpec, *, progress: b
         elif part.windows[0] == 0:
             write_outputs(encoder, subject, loc, part.prefix, a, b, cfg.n_output_tokens)
             if a == 0:
-                from labeler.examples.collect import token_strings
-
                 loc.write_json(f"{part.prefix}/vocab.json", token_strings(subject.tokenizer))
         else:
             encoder.W_dec = None

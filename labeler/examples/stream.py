@@ -37,7 +37,7 @@ class Sink:
     def feed(self, x: torch.Tensor, window_ids: torch.Tensor) -> None:
         """x [B, L, d] at the hookpoint, window_ids [B] int64."""
         acc, enc = self.acc, self.encoder
-        B, L = x.shape[0], x.shape[1]
+        B = x.shape[0]
         xs = x.reshape(-1, x.shape[-1])
         split = split_of(window_ids, acc.seed, acc.split_percent)
         pool_mask = in_pool(window_ids, acc.seed, split, self.pool_rates)
