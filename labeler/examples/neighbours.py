@@ -24,7 +24,7 @@ def _merge(best_v: torch.Tensor, best_i: torch.Tensor, v: torch.Tensor, i: torch
 
 
 @torch.inference_mode()
-def nearest_by_cosine(unit: torch.Tensor, n: int = DEFAULT_NEIGHBOURS, *, block: int = 8192,
+def nearest_by_cosine(unit: torch.Tensor, n: int = DEFAULT_NEIGHBOURS, *, block: int = 4096,
                       device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
     """(indices int32 [F, n], values float32 [F, n]) for unit-norm rows ``unit`` [F, d]."""
     F = unit.shape[0]
