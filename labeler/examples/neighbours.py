@@ -2,7 +2,7 @@
 
 ``neighbours.safetensors`` holds ``indices`` int32 [F, N] and ``values`` float32 [F, N]: for each
 feature the N others whose unit decoder directions have the highest cosine with its own, best
-first, itself excluded (ties: lower index first).  The similarity matrix is symmetric, so only the
+first, itself excluded.  The similarity matrix is symmetric, so only the
 blocks on and above the diagonal are computed (half the F^2 d work), each updating the running
 top-N of its rows and of its columns; memory is one [block, block] tile plus the [F, N] result.
 """
@@ -15,12 +15,10 @@ DEFAULT_NEIGHBOURS = 32
 
 
 def _merge(best_v: torch.Tensor, best_i: torch.Tensor, v: torch.Tensor, i: torch.Tensor, n: int):
-    """Top-n of two candidate lists per row: highest value first, then lowest index."""
+    """Top-n of two candidate lists per row, highest value first."""
     both_v, both_i = torch.cat([best_v, v], dim=1), torch.cat([best_i, i], dim=1)
-    order = torch.argsort(both_i, dim=1, stable=True)
-    both_v, both_i = both_v.gather(1, order), both_i.gather(1, order)
-    top = torch.argsort(-both_v, dim=1, stable=True)[:, :n]
-    return both_v.gather(1, top), both_i.gather(1, top)
+    top_v, top = torch.topk(both_v, n, dim=1)
+    return top_v, both_i.gather(1, top)
 
 
 @torch.inference_mode()
@@ -50,6 +48,6 @@ def nearest_by_cosine(unit: torch.Tensor, n: int = DEFAULT_NEIGHBOURS, *, block:
             best_v[r0:r1], best_i[r0:r1] = _merge(best_v[r0:r1], best_i[r0:r1], v, i + c0, n)
             if c0 != r0:  # the same tile seen from the columns' side
                 k = min(n, r1 - r0)
-                v, i = torch.topk(sims.T, k, dim=1)
+                v, i = torch.topk(sims.T.contiguous(), k, dim=1)
                 best_v[c0:c1], best_i[c0:c1] = _merge(best_v[c0:c1], best_i[c0:c1], v, i + r0, n)
     return best_i.to(torch.int32).cpu(), best_v.cpu()
