@@ -214,21 +214,25 @@ def write_outputs(encoder, subject: Subject, loc: Location, prefix: str, start: 
     del unit
     W_U = output_embedding(subject.model)
     if W_U is not None and W_U.shape[1] == encoder.d_in and n_tokens > 0:
-        pro, sup = output_tokens(W, W_U.detach().float(), n_tokens)
-        _save(loc, f"{prefix}/output_tokens.safetensors", {"promoted": pro.numpy(), "suppressed": sup.numpy()})
+        out = output_tokens(W, W_U.detach().float(), n_tokens)
+        _save(loc, f"{prefix}/output_tokens.safetensors", {k: v.numpy() for k, v in out.items()})
     encoder.W_dec = None
 
 
 @torch.inference_mode()
-def output_tokens(W_dec: torch.Tensor, W_U: torch.Tensor, k: int, chunk: int = 512):
-    """Top promoted / suppressed token ids (int32) of each decoder direction through the unembedding."""
+def output_tokens(W_dec: torch.Tensor, W_U: torch.Tensor, k: int, chunk: int = 512) -> dict[str, torch.Tensor]:
+    """Top promoted / suppressed token ids (int32) of each decoder direction through the
+    unembedding, with their logit effects (float32)."""
     k = min(k, W_U.shape[0])
-    pro, sup = [], []
+    parts: dict[str, list[torch.Tensor]] = {"promoted": [], "promoted_values": [], "suppressed": [],
+                                            "suppressed_values": []}
     for s in range(0, W_dec.shape[0], chunk):
         logits = W_dec[s:s + chunk].float().to(W_U.device) @ W_U.T
-        pro.append(logits.topk(k, dim=1).indices.to(torch.int32).cpu())
-        sup.append((-logits).topk(k, dim=1).indices.to(torch.int32).cpu())
-    return torch.cat(pro), torch.cat(sup)
+        for name, sign in (("promoted", 1), ("suppressed", -1)):
+            v, i = (sign * logits).topk(k, dim=1)
+            parts[name].append(i.to(torch.int32).cpu())
+            parts[f"{name}_values"].append((sign * v).float().cpu())
+    return {name: torch.cat(v) for name, v in parts.items()}
 
 
 def stream(subject: Subject, cfg: CollectConfig, sinks: list[Sink], first: int, stop: int, *,

@@ -145,8 +145,7 @@ class StoreWriter:
             for k in ("win", "pos", "val"):
                 part[f"random/{k}"] = pool[k].numpy()[order][lo:hi]
             if output_tokens is not None:
-                part["promoted"] = output_tokens["promoted"][a:b]
-                part["suppressed"] = output_tokens["suppressed"][a:b]
+                part.update({k: v[a:b] for k, v in output_tokens.items()})
             s0, e0 = blk.start + a, blk.start + b
             _save(self.loc, f"features/{s0}-{e0}.safetensors", part)
             self.files.append([s0, e0])

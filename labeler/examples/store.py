@@ -210,6 +210,13 @@ class FeatureStore:
         d = self._tensors("neighbours.safetensors", optional=True)
         return None if d is None else (d["indices"], d["values"])
 
+    def feature_file(self, i: int) -> tuple[Path, int]:
+        """The local file holding feature i's arrays (features/<start>-<end>.safetensors) and its
+        row there."""
+        fi = bisect.bisect_right(self._starts, int(i)) - 1
+        start, end = self.files[fi]
+        return self._local(f"features/{start}-{end}.safetensors"), int(i) - start
+
     def features(self, indices: Iterable[int]) -> Iterator[FeatureRecord]:
         for i in indices:
             yield self.feature(i)
