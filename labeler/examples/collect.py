@@ -29,7 +29,7 @@ from labeler.examples.finalize import finalize_store
 from labeler.examples.neighbours import DEFAULT_NEIGHBOURS
 from labeler.examples.storage import Location
 from labeler.examples.store import FORMAT_VERSION, MANIFEST
-from labeler.examples.stream import InterruptFlag, Sink, StateFolder, pool_rates, threads
+from labeler.examples.stream import InterruptFlag, Sink, StateFolder, pool_rates
 
 CHECKPOINT = "checkpoint"
 SHARED_FIELDS = ("model", "corpus", "tokens", "ctx_len", "batch_size", "seed", "device", "dtype", "drop_bos")
@@ -254,8 +254,7 @@ def stream(subject: Subject, cfg: CollectConfig, sinks: list[Sink], first: int, 
                 if first + sink.acc.windows_seen > at:  # resumed further than the others
                     continue
                 sink.folder.add_tokens(ids)
-                with threads(cfg.accumulate_threads if sink.encoder.architecture == "topk" else None):
-                    sink.feed(xs[sink.hook_index][:, content], wids)
+                sink.feed(xs[sink.hook_index][:, content], wids)
             at += len(ids)
             if bar is not None:
                 bar.update(len(ids) * cfg.ctx_len)
@@ -343,7 +342,7 @@ def _collect(todo: list[tuple[CollectConfig, Location]], *, progress: bool, log,
         else:
             write_outputs(encoder, subject, loc, CHECKPOINT, 0, encoder.n_features, cfg.n_output_tokens)
         rates = pool_rates(cfg.pool_sizes(nonneg), cfg.n_target, cfg.split_percent)
-        sinks.append(Sink(encoder, acc, folder, hi, rates))
+        sinks.append(Sink(encoder, acc, folder, hi, rates, cfg.accumulate_threads))
         manifests.append(manifest)
     load_s = time.monotonic() - t_load
     seen_before = [s.acc.tokens_seen for s in sinks]

@@ -154,7 +154,8 @@ def run_part(cfg: CollectConfig, out: str | Path, part: PartSpec, *, progress: b
                 loc.write_json(f"{part.prefix}/vocab.json", token_strings(subject.tokenizer))
         else:
             encoder.W_dec = None
-        sink = Sink(encoder, acc, folder, 0, pool_rates(cfg.pool_sizes(nonneg), cfg.n_target, cfg.split_percent))
+        sink = Sink(encoder, acc, folder, 0, pool_rates(cfg.pool_sizes(nonneg), cfg.n_target, cfg.split_percent),
+                    cfg.accumulate_threads)
         stream(subject, cfg, [sink], part.windows[0], part.windows[1], progress=progress, stop_flag=stop_flag)
         folder.save(acc, status="done")
     finally:

@@ -31,6 +31,7 @@ class Sink:
     folder: "StateFolder"
     hook_index: int = 0
     pool_rates: torch.Tensor = field(default_factory=lambda: torch.ones(3))
+    update_threads: int | None = 1  # torch threads for the bookkeeping (the encode keeps torch's own)
     model_s: float = 0.0  # seconds in encode (for the manifest's timing)
     update_s: float = 0.0
 
@@ -53,10 +54,11 @@ class Sink:
             t1 = time.perf_counter()
             self.model_s += t1 - t0
             cuts = torch.searchsorted(feat, torch.tensor([a - acc.start for a, _ in acc.bounds] + [acc.stop - acc.start]))
-            for i, blk in enumerate(acc.blocks):
-                s, e = int(cuts[i]), int(cuts[i + 1])
-                blk.update(feat[s:e] - (blk.start - acc.start), tok[s:e], val[s:e], window_ids, pool_mask,
-                           acc.split_percent)
+            with threads(self.update_threads):
+                for i, blk in enumerate(acc.blocks):
+                    s, e = int(cuts[i]), int(cuts[i + 1])
+                    blk.update(feat[s:e] - (blk.start - acc.start), tok[s:e], val[s:e], window_ids, pool_mask,
+                               acc.split_percent)
             self.update_s += time.perf_counter() - t1
         else:
             for blk in acc.blocks:
@@ -72,7 +74,8 @@ class Sink:
                 feat, tok, val = feat.cpu(), tok.cpu(), val.cpu()
                 t1 = time.perf_counter()
                 self.model_s += t1 - t0
-                blk.update(feat, tok, val, window_ids, pool_mask, acc.split_percent)
+                with threads(self.update_threads):
+                    blk.update(feat, tok, val, window_ids, pool_mask, acc.split_percent)
                 self.update_s += time.perf_counter() - t1
         acc.advance(B)
 
