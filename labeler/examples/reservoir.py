@@ -162,8 +162,7 @@ class Reservoir:
         cand = keep.nonzero(as_tuple=True)[0]
         rows, keys = rows[cand], keys[cand]
         # best first within each row: once one is refused, the rest of its row would be too
-        order = torch.sort(keys, descending=True, stable=True).indices
-        order = order[torch.sort(rows[order], stable=True).indices]
+        order = torch.from_numpy(np.lexsort((-keys.numpy(), rows.numpy())))  # numpy: torch's CPU sort is slow
         rows, keys, cand = rows[order], keys[order], cand[order]
         first = torch.ones_like(rows, dtype=torch.bool)
         first[1:] = rows[1:] != rows[:-1]
