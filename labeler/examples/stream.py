@@ -43,7 +43,7 @@ class Sink:
         split = split_of(window_ids, acc.seed, acc.split_percent)
         pool_mask = in_pool(window_ids, acc.seed, split, self.pool_rates)
         t0 = time.perf_counter()
-        if enc.architecture == "topk":
+        if enc.arch.select:  # selections (TopK and kin) come back sparse: encode them once
             coded = enc.encode(xs, features=(acc.start, acc.stop))
             values, indices = coded.values, coded.indices
             keep = values > 0
