@@ -10,7 +10,7 @@ from typing import Any
 
 from celery.signals import worker_init, worker_process_init
 
-from labeler.runs.queue import LABEL_CHUNK_TASK
+from labeler.runs.queue import COLLECT_PART_TASK, LABEL_CHUNK_TASK
 from workers.app import app
 
 _runner: Any = None  # this worker process's Runner (built once, on first use)
@@ -35,6 +35,14 @@ def label_chunk(job_id: int, features: list[int]) -> dict[str, Any]:
     result = runner().run_chunk(int(job_id), [int(f) for f in features])
     return {"done": len(result.done), "failed": len(result.failed), "skipped": len(result.skipped),
             "not_started": len(result.not_started), "message": result.message}
+
+
+@app.task(name=COLLECT_PART_TASK)
+def collect_part(job_id: int, index: int) -> dict[str, Any]:
+    from labeler.core.config import get_settings
+    from labeler.runs.collect_jobs import run_part_of_job
+
+    return {"status": run_part_of_job(runner().repo, get_settings(), int(job_id), int(index), log=print)}
 
 
 @worker_init.connect  # the threads and solo pools

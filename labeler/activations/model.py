@@ -127,39 +127,59 @@ def module_width(module: torch.nn.Module, hook_io: str) -> int | None:
 
 @dataclass
 class HookedModel:
-    """A model plus one hookpoint: ``activations(input_ids)`` -> [batch, seq, d]."""
+    """A model plus one or more hookpoints: ``activations(input_ids)`` -> [batch, seq, d] at
+    ``hook``; ``activations_all`` -> one tensor per hookpoint (``hook``, then ``also``), from a
+    single forward pass that stops once the deepest of them has been reached."""
 
     model: torch.nn.Module
     hook: str
     hook_io: str = "output"  # "output" | "input"
+    also: tuple[tuple[str, str], ...] = ()  # more (hook, hook_io) pairs read in the same pass
 
     def __post_init__(self) -> None:
-        if self.hook_io not in ("output", "input"):
-            raise ConfigError(f"--hook-io must be 'output' or 'input', not {self.hook_io!r}")
-        self.module = resolve_hook(self.model, self.hook)
+        self.points = list(dict.fromkeys([(self.hook, self.hook_io), *self.also]))
+        for _, io in self.points:
+            if io not in ("output", "input"):
+                raise ConfigError(f"--hook-io must be 'output' or 'input', not {io!r}")
+        self.modules = [resolve_hook(self.model, name) for name, _ in self.points]
+        self.module = self.modules[0]
         self.device = next(self.model.parameters()).device
 
     @torch.inference_mode()
     def activations(self, input_ids: torch.Tensor) -> torch.Tensor:
-        def grab_output(_m, _args, out):
-            raise _ReachedHook(out[0] if isinstance(out, (tuple, list)) else out)
+        return self.activations_all(input_ids)[0]
 
-        def grab_input(_m, args, kwargs):
-            x = args[0] if args else next(iter(kwargs.values()))
-            raise _ReachedHook(x)
+    @torch.inference_mode()
+    def activations_all(self, input_ids: torch.Tensor) -> list[torch.Tensor]:
+        got: dict[int, torch.Tensor] = {}
 
-        if self.hook_io == "output":
-            handle = self.module.register_forward_hook(grab_output)
-        else:
-            handle = self.module.register_forward_pre_hook(grab_input, with_kwargs=True)
+        def keep(i: int, x: torch.Tensor) -> None:
+            got.setdefault(i, x)
+            if len(got) == len(self.points):
+                raise _ReachedHook(x)  # the deepest hookpoint: the rest of the model never runs
+
+        def grab_output(i):
+            return lambda _m, _args, out: keep(i, out[0] if isinstance(out, (tuple, list)) else out)
+
+        def grab_input(i):
+            return lambda _m, args, kwargs: keep(i, args[0] if args else next(iter(kwargs.values())))
+
+        handles = []
+        for i, (module, (_, io)) in enumerate(zip(self.modules, self.points)):
+            if io == "output":
+                handles.append(module.register_forward_hook(grab_output(i)))
+            else:
+                handles.append(module.register_forward_pre_hook(grab_input(i), with_kwargs=True))
         try:
             kwargs = {"use_cache": False} if _is_causal_lm(self.model) else {}
             self.model(input_ids=input_ids.to(self.device), **kwargs)
-        except _ReachedHook as hit:
-            return hit.tensor
+        except _ReachedHook:
+            return [got[i] for i in range(len(self.points))]
         finally:
-            handle.remove()
-        raise ConfigError(f"hookpoint {self.hook!r} was never reached in the forward pass")
+            for h in handles:
+                h.remove()
+        missing = [self.points[i][0] for i in range(len(self.points)) if i not in got]
+        raise ConfigError(f"hookpoint {missing[0]!r} was never reached in the forward pass")
 
     def d_model(self) -> int:
         x = self.activations(torch.zeros(1, 2, dtype=torch.long))

@@ -31,7 +31,8 @@ def collect(
     revision: Optional[str] = typer.Option(None, "--revision", help="Branch, tag or commit of the SAE's Hub repo."),
     signs: Optional[str] = typer.Option(None, "--signs", help="neurons: pos, neg or pos,neg (each side its own feature)."),
     corpus: str = typer.Option("builtin", "--corpus", help="File, folder, Hugging Face dataset name, or 'builtin'."),
-    out: Path = typer.Option(..., "--out", help="Store directory to write (or resume)."),
+    out: str = typer.Option(..., "--out", help="Store directory (or fsspec URL, e.g. s3://bucket/store) to write "
+                            "or resume."),
     hook_io: Optional[str] = typer.Option(None, "--hook-io", help="Read the module's 'output' or 'input' (default: "
                                           "what the hook name or the SAE implies, else output)."),
     tokens: int = typer.Option(2_000_000, "--tokens", help="Corpus tokens to process."),
@@ -47,6 +48,11 @@ def collect(
     force: bool = typer.Option(False, "--force", help="Recompute even if a finished store exists."),
     no_progress: bool = typer.Option(False, "--no-progress"),
     threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads (default: torch's)."),
+    features: Optional[str] = typer.Option(None, "--features", help="Collect only features A:B (one part of the "
+                                           "store; the store is finished when the parts cover every feature)."),
+    feature_shards: int = typer.Option(1, "--feature-shards", help="Split the features into N parts "
+                                       "(memory per process); Celery tasks when LABELER_REDIS_URL is set."),
+    corpus_shards: int = typer.Option(1, "--corpus-shards", help="Split the corpus into M slices (throughput)."),
 ) -> None:
     """Stream a corpus through model + SAE once and store every feature's examples."""
     from labeler.core.config import get_settings
@@ -64,6 +70,9 @@ def collect(
         import torch
 
         torch.set_num_threads(threads)
+    if features is not None or feature_shards > 1 or corpus_shards > 1:
+        typer.echo(_split_collect(cfg, out, features, feature_shards, corpus_shards, force, not no_progress))
+        return
     path = run_collect(cfg, out, force=force, progress=not no_progress, log=lambda m: typer.echo(m, err=True))
     typer.echo(str(path))
 
@@ -83,9 +92,44 @@ def _sae_target(model: str, sae: str, sae_id: Optional[str], revision: Optional[
     return target
 
 
+def _split_collect(cfg, out: str, features: Optional[str], feature_shards: int, corpus_shards: int, force: bool,
+                   progress: bool) -> str:
+    """``--features A:B`` (one part, merged when all parts are there) or ``--feature-shards`` /
+    ``--corpus-shards`` (a collect job: Celery workers when Redis is configured, else here)."""
+    from labeler.core.config import get_settings
+    from labeler.core.errors import ConfigError
+
+    def log(m: str) -> None:
+        typer.echo(m, err=True)
+
+    if features is not None:
+        from labeler.examples import shards
+
+        if feature_shards > 1 or corpus_shards > 1:
+            raise ConfigError("--features collects one part: give it alone, without --feature-shards/--corpus-shards")
+        loc, manifest = shards.prepare(cfg, out, force=force, log=log)
+        if manifest is None:
+            return str(out)
+        part = shards.PartSpec(shards.parse_feature_range(features, int(manifest["sae"]["n_features"])),
+                               (0, cfg.n_target))
+        shards.check_overlap(part, shards.existing_parts(loc))
+        shards.run_part(cfg, out, part, progress=progress, log=log)
+        shards.merge(cfg, out, log=log)
+        return str(out)
+    from labeler.db import Repository
+    from labeler.runs.collect_jobs import run_sharded
+    from labeler.runs.queue import sender_for
+
+    settings = get_settings()
+    sender = sender_for(settings)
+    return run_sharded(cfg, str(out), feature_shards=feature_shards, corpus_shards=corpus_shards,
+                       repo=Repository.open(settings.resolved_database_url), settings=settings,
+                       send=sender.collect_part if sender is not None else None, force=force, log=log)
+
+
 @app.command()
 def inspect(
-    store: Path = typer.Argument(..., help="Store directory written by `labeler collect`."),
+    store: str = typer.Argument(..., help="Store directory (or fsspec URL) written by `labeler collect`."),
     feature: int = typer.Option(..., "--feature", help="Feature index."),
     as_json: bool = typer.Option(False, "--json", help="Print the full FeatureRecord as JSON."),
     split: str = typer.Option("train", "--split", help="Split to show in the human view."),

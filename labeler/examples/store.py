@@ -1,17 +1,25 @@
 """The on-disk store written by ``labeler collect`` and read lazily by every later stage.
 
-Layout (see docs/ARCHITECTURE.md)::
+Layout (see docs/ARCHITECTURE.md); a folder, or an fsspec URL (``s3://...``) read through a
+local cache::
 
-    manifest.json                 settings, model, SAE, corpus, versions, status
+    manifest.json                 settings, model, SAE, corpus, versions, status, feature_files
     tokens.npy                    int32 [n_windows, ctx_len] (memory-mapped when reading)
     vocab.json                    token id -> display string (no tokenizer needed to read)
     stats.safetensors             per-feature statistics [F] and histograms [F, bins]
-    features/<start>-<end>.safetensors   per-split reservoirs of that feature range
+    features/<start>-<end>.safetensors   per split: top and sample windows with their nonzero
+                                  activations (ptr/pos/val), each feature's nonzero activations
+                                  on the shared random windows, promoted/suppressed tokens
+    random.safetensors            the shared random windows (every split)
+    hard_negatives.safetensors    per split [F, n] windows where the feature never fires
+    neighbours.safetensors        indices int32 [F, N], values float32 [F, N]: nearest features
+                                  by decoder cosine, best first, self excluded
     decoder.safetensors           unit-norm decoder directions [F, d_in] (absent for neurons)
 """
 
 from __future__ import annotations
 
+import bisect
 import json
 import os
 import threading
@@ -22,10 +30,13 @@ from pathlib import Path
 import numpy as np
 
 from labeler.core.errors import InputError
+from labeler.examples.reservoir import feature_hash, pool_order_hash
+from labeler.examples.storage import Location, is_url
 from labeler.records import ActivationExample, FeatureRecord, FeatureStats
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
+_SPLITS = ("train", "valid", "test")
 
 
 def write_json_atomic(path: Path, data) -> None:
@@ -60,33 +71,37 @@ def quantile_strata(maxes: np.ndarray, n_bins: int, per_bin: int) -> list[tuple[
 
 
 class FeatureStore:
-    """Read a finished store: ``feature(i)`` loads only the shard slice holding feature i."""
+    """Read a finished store: ``feature(i)`` loads only the slices of the file holding feature i."""
 
     def __init__(self, path: str | Path):
-        self.path = Path(path)
-        mpath = self.path / MANIFEST
-        if not mpath.exists():
-            raise InputError(f"{self.path} is not a labeler store (no {MANIFEST}); create one with `labeler collect`")
-        try:
-            self.manifest: dict = json.loads(mpath.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise InputError(f"store {self.path}: {MANIFEST} is corrupt ({e})") from None
+        self.loc = Location(path)
+        self.path = self.loc.local if not self.loc.remote else self.loc.url
+        manifest = self.loc.read_json(MANIFEST, refresh=True) if self.loc.exists(MANIFEST) else None
+        if manifest is None:
+            raise InputError(f"{self.loc} is not a labeler store (no {MANIFEST}); create one with `labeler collect`")
+        self.manifest: dict = manifest
         if self.manifest.get("status") != "complete":
             raise InputError(
-                f"store {self.path} is unfinished (status {self.manifest.get('status')!r}); "
+                f"store {self.loc} is unfinished (status {self.manifest.get('status')!r}); "
                 f"run the same `labeler collect` command again to resume it"
             )
         if self.manifest.get("format_version") != FORMAT_VERSION:
-            raise InputError(f"store {self.path}: format_version {self.manifest.get('format_version')} is not supported")
+            raise InputError(f"store {self.loc}: format_version {self.manifest.get('format_version')} is not supported "
+                             f"(this labeler reads version {FORMAT_VERSION}); collect it again with --force")
         st = self.manifest["settings"]
         self.n_features: int = int(self.manifest["sae"]["n_features"])
         self.ctx_len: int = int(st["ctx_len"])
-        self.shard_size: int = int(st["shard_size"])
         self.sizes: dict = st["sizes"]
+        self.seed: int = int(st["seed"])
+        self.files: list[list[int]] = [list(map(int, f)) for f in self.manifest["feature_files"]]
+        self._starts = [f[0] for f in self.files]
         self._shards: OrderedDict[int, object] = OrderedDict()
         self._tokens = None
         self._vocab: list[str] | None = None
         self._stats: dict[str, np.ndarray] | None = None
+        self._pool: dict[str, np.ndarray] | None = None
+        self._extra: dict[str, object] = {}
+        self._lock = threading.Lock()
 
     # -- names ---------------------------------------------------------------------------------
     @property
@@ -102,50 +117,70 @@ class FeatureStore:
         return int(self.manifest["n_windows"])
 
     # -- lazy pieces ---------------------------------------------------------------------------
+    def _local(self, name: str) -> Path:
+        try:
+            return self.loc.fetch(name)
+        except OSError as e:
+            raise InputError(f"store {self.loc}: cannot read {name} ({e})") from None
+
     @property
     def tokens(self) -> np.ndarray:
         if self._tokens is None:
             try:
-                self._tokens = np.load(self.path / "tokens.npy", mmap_mode="r")
+                self._tokens = np.load(self._local("tokens.npy"), mmap_mode="r")
             except (OSError, ValueError) as e:
-                raise InputError(f"store {self.path}: tokens.npy is missing or corrupt ({e})") from None
+                raise InputError(f"store {self.loc}: tokens.npy is missing or corrupt ({e})") from None
         return self._tokens
 
     @property
     def vocab(self) -> list[str]:
         if self._vocab is None:
             try:
-                self._vocab = json.loads((self.path / "vocab.json").read_text())
+                self._vocab = json.loads(self._local("vocab.json").read_text())
             except (OSError, json.JSONDecodeError) as e:
-                raise InputError(f"store {self.path}: vocab.json is missing or corrupt ({e})") from None
+                raise InputError(f"store {self.loc}: vocab.json is missing or corrupt ({e})") from None
         return self._vocab
+
+    def _tensors(self, name: str, *, optional: bool = False) -> dict[str, np.ndarray] | None:
+        """A whole small safetensors file (cached); None when optional and absent."""
+        if name not in self._extra:
+            from safetensors.numpy import load_file
+
+            if optional and not self.loc.exists(name):
+                self._extra[name] = None
+            else:
+                try:
+                    self._extra[name] = load_file(str(self._local(name)))
+                except InputError:
+                    raise
+                except Exception as e:
+                    raise InputError(f"store {self.loc}: {name} is missing or corrupt ({e})") from None
+        return self._extra[name]  # type: ignore[return-value]
 
     def _load_stats(self) -> dict[str, np.ndarray]:
         if self._stats is None:
-            from safetensors.numpy import load_file
-
-            try:
-                self._stats = load_file(str(self.path / "stats.safetensors"))
-            except Exception as e:
-                raise InputError(f"store {self.path}: stats.safetensors is missing or corrupt ({e})") from None
+            self._stats = self._tensors("stats.safetensors")
         return self._stats
 
     def _shard(self, index: int):
         from safetensors import safe_open
 
-        if index in self._shards:
-            self._shards.move_to_end(index)
-            return self._shards[index]
-        start = index * self.shard_size
-        end = min(start + self.shard_size, self.n_features)
-        p = self.path / "features" / f"{start}-{end}.safetensors"
+        with self._lock:
+            if index in self._shards:
+                self._shards.move_to_end(index)
+                return self._shards[index]
+        start, end = self.files[index]
+        name = f"features/{start}-{end}.safetensors"
         try:
-            handle = safe_open(str(p), framework="numpy")
+            handle = safe_open(str(self._local(name)), framework="numpy")
+        except InputError:
+            raise
         except Exception as e:
-            raise InputError(f"store {self.path}: shard {p.name} is missing or corrupt ({e})") from None
-        self._shards[index] = handle
-        while len(self._shards) > 4:
-            self._shards.popitem(last=False)
+            raise InputError(f"store {self.loc}: shard {name} is missing or corrupt ({e})") from None
+        with self._lock:
+            self._shards[index] = handle
+            while len(self._shards) > 4:
+                self._shards.popitem(last=False)
         return handle
 
     # -- public API ----------------------------------------------------------------------------
@@ -167,15 +202,20 @@ class FeatureStore:
         )
 
     def decoder_directions(self) -> np.ndarray | None:
-        p = self.path / "decoder.safetensors"
-        if not p.exists():
-            return None
-        from safetensors.numpy import load_file
+        d = self._tensors("decoder.safetensors", optional=True)
+        return None if d is None else d["directions"]
 
-        try:
-            return load_file(str(p))["directions"]
-        except Exception as e:
-            raise InputError(f"store {self.path}: decoder.safetensors is corrupt ({e})") from None
+    def neighbours(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """(indices int32 [F, N], values float32 [F, N]) by decoder cosine, best first; None for neurons."""
+        d = self._tensors("neighbours.safetensors", optional=True)
+        return None if d is None else (d["indices"], d["values"])
+
+    def feature_file(self, i: int) -> tuple[Path, int]:
+        """The local file holding feature i's arrays (features/<start>-<end>.safetensors) and its
+        row there."""
+        fi = bisect.bisect_right(self._starts, int(i)) - 1
+        start, end = self.files[fi]
+        return self._local(f"features/{start}-{end}.safetensors"), int(i) - start
 
     def features(self, indices: Iterable[int]) -> Iterator[FeatureRecord]:
         for i in indices:
@@ -185,54 +225,100 @@ class FeatureStore:
         i = int(i)
         if not 0 <= i < self.n_features:
             raise InputError(f"feature {i} is out of range: the store has {self.n_features} features (0..{self.n_features - 1})")
-        shard = self._shard(i // self.shard_size)
-        row = i - (i // self.shard_size) * self.shard_size
+        fi = bisect.bisect_right(self._starts, i) - 1
+        shard = self._shard(fi)
+        row = i - self.files[fi][0]
         names = set(shard.keys())
 
-        def get(name: str) -> np.ndarray | None:
+        def get(name: str, lo: int, hi: int) -> np.ndarray:
             if name not in names:
-                return None
+                raise InputError(f"store {self.loc}: {name} is missing from the shard of feature {i}")
             try:
-                return shard.get_slice(name)[row : row + 1][0]
+                return shard.get_slice(name)[lo:hi]
             except Exception as e:
-                raise InputError(f"store {self.path}: cannot read {name} of feature {i} ({e})") from None
+                raise InputError(f"store {self.loc}: cannot read {name} of feature {i} ({e})") from None
+
+        def runs(stem: str, k: int) -> list[np.ndarray]:
+            """Dense per-token activations of this feature's k entries of ``stem``."""
+            ptr = get(f"{stem}/ptr", row * k, row * k + k + 1)
+            pos, val = get(f"{stem}/pos", int(ptr[0]), int(ptr[-1])), get(f"{stem}/val", int(ptr[0]), int(ptr[-1]))
+            out = []
+            for j in range(k):
+                a = np.zeros(self.ctx_len, dtype=np.float32)
+                lo, hi = int(ptr[j] - ptr[0]), int(ptr[j + 1] - ptr[0])
+                a[pos[lo:hi].astype(np.int64)] = val[lo:hi]
+                out.append(a)
+            return out
 
         n_q, per_q = int(self.manifest["settings"]["quantiles"]), int(self.manifest["settings"]["per_quantile"])
         examples: list[ActivationExample] = []
-        for split in ("train", "valid", "test"):
-            top_key, top_win, top_acts = get(f"{split}/top/key"), get(f"{split}/top/win"), get(f"{split}/top/acts")
-            if top_win is not None:
-                # descending activation; ties (same token in the same context) by window id
-                order = [j for j in np.lexsort((top_win, -top_key)) if top_win[j] >= 0]
-                examples += [self._example(top_win[j], top_acts[j], split, "top") for j in order]
-            r_key, r_win, r_max, r_acts = (get(f"{split}/random/{x}") for x in ("key", "win", "max", "acts"))
-            if r_win is not None:
-                order = [j for j in np.argsort(-r_key, kind="stable") if r_win[j] >= 0]
-                random_ex = [self._example(r_win[j], r_acts[j], split, "sample") for j in order]
-                maxes = np.asarray([r_max[j] for j in order], dtype=np.float64)
-                for pos, q in quantile_strata(maxes, n_q, per_q):
-                    e = random_ex[pos]
-                    examples.append(ActivationExample(window=e.window, tokens=e.tokens, activations=e.activations,
-                                                      split=split, kind="quantile", quantile=q, token_ids=e.token_ids))  # type: ignore[arg-type]
-                examples += random_ex
-            n_key, n_win, n_acts = (get(f"{split}/nonactivating/{x}") for x in ("key", "win", "acts"))
-            if n_win is not None:
-                order = [j for j in np.argsort(-n_key, kind="stable") if n_win[j] >= 0]
-                examples += [self._example(n_win[j], None if n_acts is None else n_acts[j], split, "nonactivating")
-                             for j in order]
+        pool_acts = self._pool_acts(get, row)
+        hard = self._tensors("hard_negatives.safetensors", optional=True)
+        for split in _SPLITS:
+            z = self.sizes[split]
+            for kind in ("top", "sample"):
+                k = int(z[kind])
+                if k == 0:
+                    continue
+                wins = get(f"{split}/{kind}/win", row, row + 1)[0]
+                acts = runs(f"{split}/{kind}", k)
+                got = [self._example(w, a, split, kind) for w, a in zip(wins, acts) if w >= 0]
+                if kind == "sample":
+                    maxes = np.asarray([max(e.activations) for e in got], dtype=np.float64)
+                    for p, q in quantile_strata(maxes, n_q, per_q):
+                        e = got[p]
+                        examples.append(ActivationExample(window=e.window, tokens=e.tokens, activations=e.activations,
+                                                          split=split, kind="quantile", quantile=q,  # type: ignore[arg-type]
+                                                          token_ids=e.token_ids))
+                examples += got
+            examples += self._pool_examples(i, split, z, pool_acts)
+            if hard is not None:
+                examples += [self._example(w, None, split, "hard_negative") for w in hard[split][i] if w >= 0]
         vocab = self.vocab
-        promoted = get("promoted")
-        suppressed = get("suppressed")
+        promoted = get("promoted", row, row + 1)[0] if "promoted" in names else None
+        suppressed = get("suppressed", row, row + 1)[0] if "suppressed" in names else None
         return FeatureRecord(
             feature=i, stats=self.feature_stats(i), examples=examples,
             promoted_tokens=[vocab[t] for t in promoted] if promoted is not None else [],
             suppressed_tokens=[vocab[t] for t in suppressed] if suppressed is not None else [],
         )
 
+    def _pool_acts(self, get, row: int) -> dict[int, np.ndarray]:
+        """This feature's activations on the shared random windows it has nonzeros on."""
+        ptr = get("random/ptr", row, row + 2)
+        lo, hi = int(ptr[0]), int(ptr[1])
+        wins, pos, val = get("random/win", lo, hi), get("random/pos", lo, hi), get("random/val", lo, hi)
+        out: dict[int, np.ndarray] = {}
+        for w in np.unique(wins):
+            a = np.zeros(self.ctx_len, dtype=np.float32)
+            m = wins == w
+            a[pos[m].astype(np.int64)] = val[m]
+            out[int(w)] = a
+        return out
+
+    def _pool_examples(self, i: int, split: str, z: dict, acts: dict[int, np.ndarray]) -> list[ActivationExample]:
+        """``random`` (held-out splits) then ``nonactivating`` (the quiet ones among them: a zero
+        ``random`` window can be both), from the shared random windows in this feature's own
+        seeded order."""
+        if self._pool is None:
+            from labeler.examples.accumulate import split_of
+
+            w = self._tensors("random.safetensors")["windows"].astype(np.int64)
+            self._pool = {"windows": w, "split": split_of(w, self.seed, tuple(self.manifest["settings"]["split_percent"]))}
+        si = _SPLITS.index(split)
+        w = self._pool["windows"][self._pool["split"] == si]
+        order = np.argsort(-pool_order_hash(w, feature_hash(np.int64(i), self.seed)), kind="stable")
+        w = w[order]
+        n_random = int(z["random"]) if split != "train" else 0
+        out = [self._example(x, acts.get(int(x)), split, "random") for x in w[:n_random]]
+        quiet = [x for x in w if (a := acts.get(int(x))) is None or float(a.max()) <= 0]
+        out += [self._example(x, acts.get(int(x)), split, "nonactivating") for x in quiet[:int(z["nonactivating"])]]
+        return out
+
     def _example(self, window, acts, split: str, kind: str) -> ActivationExample:
         window = int(window)
         if not 0 <= window < self.n_windows:
-            raise InputError(f"store {self.path}: window id {window} out of range (corrupt shard)")
+            raise InputError(f"store {self.loc}: window id {window} out of range (corrupt shard)")
         ids = self.tokens[window].tolist()
         vocab = self.vocab
         values = [0.0] * len(ids) if acts is None else [round(float(a), 4) for a in acts]
@@ -249,7 +335,7 @@ class StoreCache:
         self._lock = threading.Lock()
 
     def get(self, path: str | Path) -> FeatureStore:
-        key = str(Path(path).expanduser().resolve())
+        key = str(path) if is_url(path) else str(Path(path).expanduser().resolve())
         with self._lock:
             store = self._stores.get(key)
         if store is None:

@@ -81,16 +81,12 @@ class _Logits:
     def __call__(self, record: Any) -> tuple[list[str], list[float], list[str], list[float]]:
         from safetensors import safe_open
 
-        i, size = record.feature, self.store.shard_size
-        shard = i // size
-        if shard not in self._handles:
-            start, end = shard * size, min((shard + 1) * size, self.store.n_features)
-            self._handles = {shard: safe_open(str(self.store.path / "features" / f"{start}-{end}.safetensors"),
-                                              framework="numpy")}
-        handle = self._handles[shard]
+        path, row = self.store.feature_file(record.feature)
+        if path not in self._handles:
+            self._handles = {path: safe_open(str(path), framework="numpy")}
+        handle = self._handles[path]
         if not {"promoted_values", "suppressed_values"} <= set(handle.keys()):
             return [], [], [], []
-        row = i - shard * size
         pos = handle.get_slice("promoted_values")[row:row + 1][0].tolist()
         neg = handle.get_slice("suppressed_values")[row:row + 1][0].tolist()
         return (record.promoted_tokens[:len(pos)], pos[:len(record.promoted_tokens)],

@@ -19,6 +19,8 @@ from labeler.core.errors import ConfigError
 QUEUE = "labeler"
 LABEL_CHUNK_TASK = "labeler.label_chunk"
 """The task a worker runs for one chunk: arguments ``(job_id, features)``."""
+COLLECT_PART_TASK = "labeler.collect_part"
+"""The task a worker runs for one part of a sharded collect: arguments ``(job_id, part_index)``."""
 
 
 def broker_url(settings: Settings) -> str:
@@ -81,6 +83,9 @@ class CelerySender:
 
     def __call__(self, job_id: int, features: list[int]) -> None:
         self.app.send_task(LABEL_CHUNK_TASK, args=[int(job_id), [int(f) for f in features]], queue=QUEUE)
+
+    def collect_part(self, job_id: int, index: int) -> None:
+        self.app.send_task(COLLECT_PART_TASK, args=[int(job_id), int(index)], queue=QUEUE)
 
 
 def sender_for(settings: Settings) -> CelerySender | None:

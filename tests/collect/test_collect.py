@@ -36,6 +36,8 @@ def check_against_brute_force(store: FeatureStore, acts: np.ndarray, features) -
     split = split_of(np.arange(n, dtype=np.int64), seed)
     wmax = acts.max(axis=1)  # [n, F]
     stats = store.all_stats()
+    shared_windows = store._tensors("random.safetensors")["windows"]
+    pool = [set(w for w in shared_windows.tolist() if split[w] == si) for si in range(3)]
     np.testing.assert_array_equal(stats["count"], (acts > 0).sum(axis=(0, 1)))
     np.testing.assert_allclose(stats["max"], acts.max(axis=(0, 1)), rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(stats["mean"], acts.mean(axis=(0, 1)), rtol=1e-3, atol=1e-6)
@@ -56,9 +58,9 @@ def check_against_brute_force(store: FeatureStore, acts: np.ndarray, features) -
             np.testing.assert_allclose(wmax[got, f], expect, rtol=1e-5)  # exact top-K (ties in any order)
             for e in top:
                 np.testing.assert_allclose(e.activations, acts[e.window, :, f], rtol=2e-3, atol=2e-3)
-            # random: the K activating windows with the largest hash key (a uniform sample)
+            # sample: the K activating windows with the largest hash key (a uniform sample)
             keys = mix(mix(active % 2_147_483_647) ^ mix(np.int64(f) * 31 + 977 + seed))
-            expect_r = active[np.argsort(-keys, kind="stable")][: sizes["random"]]
+            expect_r = active[np.lexsort((active, -keys))][: sizes["sample"]]
             rnd = rec.select(s, "sample")
             assert sorted(e.window for e in rnd) == sorted(expect_r.tolist())
             for e in rnd:
@@ -66,11 +68,20 @@ def check_against_brute_force(store: FeatureStore, acts: np.ndarray, features) -
             quant = rec.select(s, "quantile")
             assert {e.window for e in quant} <= {e.window for e in rnd}
             assert [e.quantile for e in quant] == sorted(e.quantile for e in quant)
-            # nonactivating: windows of this split where the feature never fires
+            # random: shared random windows of this split, zeros included, with their real activations
+            shared = rec.select(s, "random")
+            assert len(shared) == (min(sizes["random"], len(pool[si])) if s != "train" else 0)
+            for e in shared:
+                assert e.window in pool[si]
+                np.testing.assert_allclose(e.activations, acts[e.window, :, f], rtol=2e-3, atol=2e-3)
+            # nonactivating: shared random windows of this split where the feature never fires
             non = rec.select(s, "nonactivating")
-            n_quiet = int((wmax[in_split, f] <= 0).sum())
+            n_quiet = sum(wmax[w, f] <= 0 for w in pool[si])
             assert len(non) == min(sizes["nonactivating"], n_quiet)
             assert all(wmax[e.window, f] <= 0 and split[e.window] == si for e in non)
+            # hard negatives: never fire for the feature
+            for e in rec.select(s, "hard_negative"):
+                assert wmax[e.window, f] <= 0 and split[e.window] == si and max(e.activations) == 0
         # the explainer's windows and the held-out windows never overlap
         train = {e.window for e in rec.select("train")}
         held = {e.window for e in rec.select("valid")} | {e.window for e in rec.select("test")}

@@ -18,10 +18,11 @@ from tests.collect.conftest import HOOKS, run_cli
 
 
 def store_contents(path: Path) -> dict[str, np.ndarray]:
+    """Every array of a store: tokens, feature files, statistics, random windows, hard negatives,
+    neighbours, decoder."""
     out = {"tokens": np.load(path / "tokens.npy")}
-    for f in sorted((path / "features").iterdir()):
+    for f in sorted((path / "features").iterdir()) + sorted(path.glob("*.safetensors")):
         out.update({f"{f.name}:{k}": v for k, v in load_file(str(f)).items()})
-    out.update({f"stats:{k}": v for k, v in load_file(str(path / "stats.safetensors")).items()})
     return out
 
 
@@ -45,7 +46,7 @@ def test_resume_after_kill_equals_uninterrupted_run(inputs, gpt2_topk_sae, tmp_p
     proc = subprocess.Popen([sys.executable, "-m", "labeler", *args], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
-    ckpt = killed / "checkpoint.safetensors"
+    ckpt = killed / "checkpoint" / "position.json"
     while not ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     assert ckpt.exists(), proc.communicate()[1].decode()[-2000:]
@@ -174,13 +175,14 @@ def test_ctrl_c_saves_a_checkpoint_and_the_same_command_resumes(inputs, gpt2_top
     proc = subprocess.Popen([sys.executable, "-m", "labeler", *args], env={**os.environ, "PYTHONUNBUFFERED": "1"},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
-    while not (out / "tokens.partial.npy").exists() and proc.poll() is None and time.monotonic() < deadline:
+    while not (out / "checkpoint" / "decoder.safetensors").exists() and proc.poll() is None \
+            and time.monotonic() < deadline:
         time.sleep(0.005)
     proc.send_signal(signal.SIGINT)  # the handler is installed before that file is created
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err.decode()[-2000:]
     assert "resume" in err.decode()
-    assert (out / "checkpoint.safetensors").exists()
+    assert (out / "checkpoint" / "position.json").exists()
 
     code, text = run_cli(args, capsys)
     assert code == 0, text
