@@ -1,8 +1,8 @@
 """Nearest features by decoder cosine similarity, precomputed and kept in the database.
 
-A store carries ``neighbours.safetensors`` (``indices`` int32 [F, N], ``values`` float32
-[F, N], best first, the feature itself excluded), written when collect finalizes the store.
-Registering the store imports it into ``feature_neighbours`` (one row per feature, the two
+A store carries them (``FeatureStore.neighbours()``: ``indices`` int32 [F, N], ``values``
+float32 [F, N], best first, the feature itself excluded, computed by collect at finalize).
+Registering the store imports them into ``feature_neighbours`` (one row per feature, the two
 arrays as bytes), so a feature page or ``GET .../neighbours`` is one primary-key lookup and an
 API server never needs the store, let alone its decoder.  Indices of -1 pad a row when the
 SAE has fewer than N + 1 features.
@@ -11,7 +11,6 @@ SAE has fewer than N + 1 features.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
@@ -26,44 +25,7 @@ log = logging.getLogger(__name__)
 T_NEIGHBOURS = FeatureNeighbours.__table__
 NEIGHBOURS_FILE = "neighbours.safetensors"
 N_NEIGHBOURS = 32
-COMPUTE_MAX_FEATURES = 32_768  # a store without the file: computed at registration only up to this many features
 IMPORT_BATCH = 5_000
-
-
-def top_neighbours(directions: np.ndarray, n: int = N_NEIGHBOURS, block: int = 2048) -> tuple[np.ndarray, np.ndarray]:
-    """Each row's ``n`` most cosine-similar other rows: (indices int32 [F, n], values float32
-    [F, n]), best first (equal cosines by lower index), -1 / NaN padding when F - 1 < n.  A blocked
-    matmul: memory is [block, F], never [F, F]."""
-    dirs = np.asarray(directions, dtype=np.float32)
-    if dirs.ndim != 2:
-        raise InputError(f"decoder directions must be [features, d_in], not shape {dirs.shape}")
-    n_features = len(dirs)
-    unit = dirs / np.maximum(np.linalg.norm(dirs, axis=1, keepdims=True), 1e-12)
-    k = min(n, n_features - 1)
-    indices = np.full((n_features, n), -1, dtype=np.int32)
-    values = np.full((n_features, n), np.nan, dtype=np.float32)
-    if k <= 0:
-        return indices, values
-    for start in range(0, n_features, block):
-        sims = unit[start:start + block] @ unit.T
-        rows = np.arange(len(sims))
-        sims[rows, start + rows] = -np.inf  # never a feature's own neighbour
-        part = np.argpartition(-sims, k - 1, axis=1)[:, :k]
-        part_sims = np.take_along_axis(sims, part, axis=1)
-        order = np.lexsort((part, -part_sims), axis=1)
-        indices[start:start + len(sims), :k] = np.take_along_axis(part, order, axis=1)
-        values[start:start + len(sims), :k] = np.take_along_axis(part_sims, order, axis=1)
-    return indices, values
-
-
-def read_neighbours_file(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    from safetensors.numpy import load_file
-
-    try:
-        arrays = load_file(str(path))
-        return arrays["indices"], arrays["values"]
-    except Exception as e:
-        raise InputError(f"{path} is not a readable neighbours file ({e})") from None
 
 
 class Neighbours:
@@ -71,22 +33,13 @@ class Neighbours:
         self.db = db
 
     def import_store(self, sae_id: int, store: Any) -> int:
-        """Import the store's precomputed neighbours (computed from its decoder for a store
-        written before they existed, up to COMPUTE_MAX_FEATURES); returns the rows written.
-        A store of neurons (no decoder) has none."""
-        path = Path(str(store.path)) / NEIGHBOURS_FILE
-        if path.exists():
-            indices, values = read_neighbours_file(path)
-        else:
-            directions = store.decoder_directions()
-            if directions is None:
-                return 0
-            if len(directions) > COMPUTE_MAX_FEATURES:
-                log.warning("store %s has no %s and %d features: not computing neighbours here",
-                            store.path, NEIGHBOURS_FILE, len(directions))
-                return 0
-            indices, values = top_neighbours(directions)
-        return self.import_arrays(sae_id, indices, values, n_features=int(store.n_features))
+        """Import the store's neighbours (``store.neighbours()``); returns the rows written.  A
+        store of neurons, or a very wide one collected without them, has none."""
+        found = store.neighbours()
+        if found is None:
+            log.info("store %s has no decoder neighbours: none imported", store.path)
+            return 0
+        return self.import_arrays(sae_id, *found, n_features=int(store.n_features))
 
     def import_arrays(self, sae_id: int, indices: np.ndarray, values: np.ndarray, *, n_features: int) -> int:
         """Replace the SAE's neighbours with these arrays (one row per feature)."""

@@ -35,6 +35,7 @@ from labeler.examples.storage import Location, is_url
 from labeler.records import ActivationExample, FeatureRecord, FeatureStats
 
 FORMAT_VERSION = 2
+NEIGHBOURS_COMPUTE_MAX = 32_768  # F^2 work: computed on demand only for stores up to this size
 MANIFEST = "manifest.json"
 _SPLITS = ("train", "valid", "test")
 
@@ -205,10 +206,25 @@ class FeatureStore:
         d = self._tensors("decoder.safetensors", optional=True)
         return None if d is None else d["directions"]
 
-    def neighbours(self) -> tuple[np.ndarray, np.ndarray] | None:
-        """(indices int32 [F, N], values float32 [F, N]) by decoder cosine, best first; None for neurons."""
+    def neighbours(self, *, compute_max_features: int = NEIGHBOURS_COMPUTE_MAX) -> tuple[np.ndarray, np.ndarray] | None:
+        """(indices int32 [F, N], values float32 [F, N]) by decoder cosine, best first, itself
+        excluded: collect's ``neighbours.safetensors``.  A store collected without them (e.g. a
+        million latents on CPU) has them computed here when it has at most
+        ``compute_max_features`` features; None for neurons and for larger stores."""
         d = self._tensors("neighbours.safetensors", optional=True)
-        return None if d is None else (d["indices"], d["values"])
+        if d is not None:
+            return d["indices"], d["values"]
+        directions = self.decoder_directions()
+        if directions is None or len(directions) > compute_max_features:
+            return None
+        import torch
+
+        from labeler.examples.neighbours import nearest_by_cosine
+
+        unit = torch.from_numpy(np.asarray(directions, dtype=np.float32))
+        unit = unit / unit.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        indices, values = nearest_by_cosine(unit)
+        return indices.numpy(), values.numpy()
 
     def feature_file(self, i: int) -> tuple[Path, int]:
         """The local file holding feature i's arrays (features/<start>-<end>.safetensors) and its

@@ -28,6 +28,9 @@ class DuckStore:
     def decoder_directions(self):
         return None  # a neuron basis: no nearest features
 
+    def neighbours(self):
+        return None  # a neuron basis: no decoder, no neighbours
+
     def features(self, indices):
         from labeler.records import FeatureRecord
 

@@ -1,5 +1,6 @@
-"""Nearest features by decoder cosine: the blocked computation equals a brute force, and
-registering a store puts its neighbours in the database."""
+"""Nearest features by decoder cosine: registering a store puts its neighbours in the database,
+and a store collected without them has them computed (the blocked computation itself is
+checked against a brute force in tests/collect)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ import numpy as np
 import pytest
 
 from labeler.core.errors import InputError
-from labeler.db.neighbours import NEIGHBOURS_FILE, top_neighbours
 
 
 def brute_force(directions: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -18,25 +18,6 @@ def brute_force(directions: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]
     np.fill_diagonal(sims, -np.inf)
     order = np.argsort(-sims, axis=1, kind="stable")[:, :n]
     return order, np.take_along_axis(sims, order, axis=1)
-
-
-def test_blocked_top_neighbours_equal_brute_force():
-    rng = np.random.default_rng(0)
-    directions = rng.normal(size=(300, 16)).astype(np.float32) * rng.uniform(0.1, 3, (300, 1)).astype(np.float32)
-    indices, values = top_neighbours(directions, n=32, block=64)  # blocks do not divide 300
-    want_i, want_v = brute_force(directions.astype(np.float64), 32)
-    assert indices.dtype == np.int32 and values.dtype == np.float32 and indices.shape == (300, 32)
-    np.testing.assert_array_equal(indices, want_i)
-    np.testing.assert_allclose(values, want_v, atol=1e-5)
-    assert not (indices == np.arange(300)[:, None]).any()  # never itself
-
-
-def test_fewer_features_than_neighbours_are_padded():
-    indices, values = top_neighbours(np.eye(3, dtype=np.float32) + 0.1, n=4)
-    assert (indices[:, 2:] == -1).all() and np.isnan(values[:, 2:]).all()
-    assert set(indices[0, :2].tolist()) == {1, 2}
-    with pytest.raises(InputError, match="features, d_in"):
-        top_neighbours(np.zeros(5, dtype=np.float32))
 
 
 @pytest.fixture(scope="module")
@@ -65,10 +46,24 @@ def test_registering_a_store_imports_its_neighbours(repo, tiny_store, tmp_path):
 
     indices = np.tile(np.arange(1, 33, dtype=np.int32), (48, 1))
     values = np.tile(np.linspace(0.9, 0.1, 32, dtype=np.float32), (48, 1))
-    save_file({"indices": indices, "values": values}, str(copy / NEIGHBOURS_FILE))
+    save_file({"indices": indices, "values": values}, str(copy / "neighbours.safetensors"))
     again = repo.catalog.register_store(FeatureStore(copy))
     assert again == sae_id  # the same SAE: its neighbours are replaced
     assert repo.neighbours.of(sae_id, 0, limit=2) == [(1, pytest.approx(0.9)), (2, pytest.approx(0.8742, abs=1e-3))]
+
+
+def test_a_store_without_the_file_has_them_computed(repo, tiny_store, tmp_path):
+    from labeler.examples.store import FeatureStore
+
+    copy = tmp_path / "without-file"
+    shutil.copytree(tiny_store, copy)
+    (copy / "neighbours.safetensors").unlink()
+    store = FeatureStore(copy)
+    indices, values = store.neighbours()
+    want_i, want_v = brute_force(store.decoder_directions().astype(np.float64), 32)
+    np.testing.assert_array_equal(indices, want_i)
+    np.testing.assert_allclose(values, want_v, atol=1e-5)
+    assert store.neighbours(compute_max_features=10) is None  # too wide to compute on demand
 
 
 def test_bad_neighbour_arrays_are_refused(repo):
