@@ -101,8 +101,8 @@ class JobLedger:
                 raise InputError(f"job {job_id} does not exist")
 
     def charge(self, job_id: int, usd: float) -> float:
-        """Add ``usd`` to the job's spend (one atomic update, whichever worker calls); returns
-        the new total."""
+        """Add ``usd`` (negative: give back a reservation's unspent part) to the job's spend, in
+        one atomic update whichever worker calls; returns the new total."""
         with self.db.engine.begin() as c:
             spent = c.execute(T_JOB.update().where(T_JOB.c.id == job_id)
                               .values(spent_usd=T_JOB.c.spent_usd + float(usd))
@@ -110,6 +110,18 @@ class JobLedger:
         if spent is None:
             raise InputError(f"job {job_id} does not exist")
         return float(spent)
+
+    def reserve(self, job_id: int, usd: float) -> float | None:
+        """Add ``usd`` to the job's spend only if it stays within the job's budget (one atomic
+        update); returns the new total, or None when it does not fit."""
+        fits = sa.or_(T_JOB.c.budget_usd.is_(None), T_JOB.c.spent_usd + float(usd) <= T_JOB.c.budget_usd)
+        with self.db.engine.begin() as c:
+            spent = c.execute(T_JOB.update().where(T_JOB.c.id == job_id, fits)
+                              .values(spent_usd=T_JOB.c.spent_usd + float(usd))
+                              .returning(T_JOB.c.spent_usd)).scalar_one_or_none()
+            if spent is None and c.execute(sa.select(T_JOB.c.id).where(T_JOB.c.id == job_id)).first() is None:
+                raise InputError(f"job {job_id} does not exist")
+        return None if spent is None else float(spent)
 
     def budget(self, job_id: int) -> tuple[float | None, float]:
         """(budget, spent) of a job, in USD."""

@@ -208,10 +208,28 @@ class LLMClient:
         if self.budget is not None:
             self.budget.check()
 
-    def _charge(self, usd: float) -> None:
-        self.spend.add(usd)
+    def _worst_case_usd(self, params: dict[str, Any], batch: bool) -> float:
+        """What one request can cost at most: its prompt at ~3 characters a token (an over-
+        estimate for text) plus every completion token it may write."""
+        shaped = self._shape(params) if "messages" in params else params
+        chars = (sum(len(str(m.get("content", ""))) for m in params["messages"]) if "messages" in params
+                 else len(str(params.get("prompt", ""))))
+        completion = int(shaped.get("max_completion_tokens") or shaped.get("max_tokens") or 0)
+        return cost_usd(self.model, chars // 3 + 16, completion, self._prices, batch=batch)
+
+    def _reserve(self, usd: float) -> None:
+        self.spend.reserve(usd, self.budget_usd)
         if self.budget is not None:
-            self.budget.charge(usd)
+            try:
+                self.budget.reserve(usd)
+            except BaseException:
+                self.spend.settle(usd, 0.0)
+                raise
+
+    def _settle(self, reserved: float, spent: float) -> None:
+        self.spend.settle(reserved, spent)
+        if self.budget is not None:
+            self.budget.settle(reserved, spent)
 
     def _shape(self, params: dict[str, Any]) -> dict[str, Any]:
         return shapes.shape(params, shapes.QUIRKS.get(self.base_url, self.model),
@@ -292,16 +310,18 @@ class LLMClient:
 
         self._check_budget()
         batch = self.mode == "batch" and "prompt" not in params  # batches hold chat requests only
+        held = self._worst_case_usd(params, batch)
         if batch:
-            resp = await self._through_batch(key, params)
+            self._reserve(held)
+            resp = await self._held(held, self._through_batch(key, params))
         else:
             async with _process_semaphore(self.concurrency):
-                self._check_budget()  # the cap may have been reached while we queued
-                resp = await self._with_retries(params)
+                self._reserve(held)  # held only while the call runs, not while it queues
+                resp = await self._held(held, self._with_retries(params))
         u = resp.usage
         u.cost_usd = cost_usd(self.model, u.prompt_tokens, u.completion_tokens, self._prices,
                               cached_tokens=u.cached_prompt_tokens, batch=batch)
-        self._charge(u.cost_usd)
+        self._settle(held, u.cost_usd)
         self._add_usage(u)
         if validate is not None:
             try:
@@ -311,6 +331,14 @@ class LLMClient:
         if cache is not None:
             cache.put(key, self.model, resp.to_dict())
         return resp
+
+    async def _held(self, held: float, call: Any) -> LLMResponse:
+        """Await the call; when it fails unanswered, give its reservation back."""
+        try:
+            return await call
+        except BaseException:
+            self._settle(held, 0.0)
+            raise
 
     async def _through_batch(self, key: str, params: dict[str, Any]) -> LLMResponse:
         for _ in range(4):  # at most one reshape per refused parameter

@@ -1,9 +1,11 @@
 """A job's LLM budget, shared by every worker of the job through its row in the database.
 
-Each answered LLM call adds its cost to ``job.spent_usd`` in one atomic update, whichever
-process made it; before a call starts, the job's spend is compared with its budget (read again
-at most every ``refresh_s`` seconds, so other workers' spending is seen within that time).
-A budget can be overshot by the calls already in flight when it is reached, never by more.
+Before an LLM call starts, its worst-case cost is added to ``job.spent_usd`` in one atomic,
+conditional update (only if it still fits under ``job.budget_usd``), whichever worker makes it;
+when the answer comes, the reservation is replaced by the real cost.  So every worker of the
+job spends from one account and together they never go past the budget (unless a prompt has
+more tokens than estimated).  ``check`` (is anything left?) reads the row at most every
+``refresh_s`` seconds.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ class JobBudget:
         self._lock = threading.Lock()
         self._cap, self._spent = ledger.budget(job_id)
         self._read_at = time.monotonic()
+        # Without a budget there is nothing to hold back: calls only record what they cost.
+        self._holds = self._cap is not None
 
     @property
     def spent_usd(self) -> float:
@@ -42,9 +46,24 @@ class JobBudget:
                 f"its workers): no new LLM calls are started; finished work is kept. `labeler submit --resume "
                 f"{self.job_id}` with a higher LABELER_LLM_BUDGET_USD (or --budget-usd) goes on.")
 
-    def charge(self, usd: float) -> None:
-        if usd <= 0:
+    def reserve(self, usd: float) -> None:
+        if not self._holds:
             return
-        spent = self.ledger.charge(self.job_id, usd)
+        spent = self.ledger.reserve(self.job_id, usd)
         with self._lock:
+            if spent is None:  # did not fit: the account is as good as spent for this call
+                self._read_at = 0.0
+                raise BudgetExceeded(
+                    f"job {self.job_id} reached its LLM budget of ${self._cap:.4f}: the next call (up to "
+                    f"${usd:.4f}) does not fit in what is left; no new LLM calls are started and finished work "
+                    f"is kept. `labeler submit --resume {self.job_id}` with a higher LABELER_LLM_BUDGET_USD (or "
+                    "--budget-usd) goes on.")
             self._spent = max(self._spent, spent)
+
+    def settle(self, reserved: float, spent: float) -> None:
+        change = spent - reserved if self._holds else spent
+        if change == 0:
+            return
+        total = self.ledger.charge(self.job_id, change)
+        with self._lock:
+            self._spent = total

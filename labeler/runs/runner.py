@@ -245,12 +245,16 @@ class Runner:
         if queued:
             self._require_queue()
         budget = budget_usd if budget_usd is not None else self.settings.llm_budget_usd
+        old_cap, spent = self.repo.jobs.budget(job_id)
+        # A job stopped by its budget stopped because its next call did not fit: the same
+        # budget would stop it again at once, so only a higher one goes on.
+        same = info.status == "budget_reached" and old_cap is not None and (budget is None or budget <= old_cap)
+        if same or (budget is not None and spent >= budget):
+            cap = old_cap if budget is None else budget
+            raise ConfigError(f"job {job_id} has spent ${spent:.4f} of its ${cap:.4f} LLM budget and was stopped "
+                              "by it: give a higher budget (--budget-usd or LABELER_LLM_BUDGET_USD) to resume it")
         if budget is not None:
             self.repo.jobs.set_budget(job_id, budget)
-        cap, spent = self.repo.jobs.budget(job_id)
-        if cap is not None and spent >= cap:
-            raise ConfigError(f"job {job_id} has spent ${spent:.4f} of its ${cap:.4f} LLM budget: give a higher "
-                              "budget (--budget-usd or LABELER_LLM_BUDGET_USD) to resume it")
         pending = self.repo.jobs.features(job_id, status="pending")
         self.repo.jobs.set_status(job_id, "running")
         if queued:

@@ -172,7 +172,8 @@ def test_budget_exceeded_stops_cleanly_and_says_so(tiny_store, alive_features, r
     assert stopped and "budget" in stopped[0].message
     assert info.counts["pending"] == sum(len(r.not_started) for r in results) > 0, "the budget stops new work"
     assert info.status == "budget_reached"  # visible; the pending features wait for more budget (--resume)
-    assert info.budget_usd == pytest.approx(1e-7) and info.spent_usd > 0
+    # no call's worst case fits in $0.0000001: none is sent, nothing is spent past the budget
+    assert info.budget_usd == pytest.approx(1e-7) and info.spent_usd == 0 and with_llm.stats["chat"] == 0
 
 
 def test_llm_failures_are_recorded_with_reasons_and_retry_fixes_them(tiny_store, alive_features, runner,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import email.utils
 import json
 import socket
@@ -117,19 +119,39 @@ async def test_settings_turn_cache_off(server, monkeypatch):
     assert server.stats["chat"] == 2 and llm.cache_store is None
 
 
-async def test_budget_cap_stops_new_calls(server, make_llm, tmp_path):
+async def test_budget_cap_refuses_a_call_that_may_not_fit(server, make_llm, tmp_path):
     prices = tmp_path / "prices.json"
-    prices.write_text(json.dumps({"pricey-model": {"input": 1_000_000.0, "output": 0.0}}))  # $1 per token
+    prices.write_text(json.dumps({"pricey-model": {"input": 1_000_000.0, "output": 1_000_000.0}}))  # $1 a token
     spend = SpendTracker()
-    llm = make_llm(model="pricey-model", prices_file=prices, budget_usd=5.0, spend=spend, cache=False)
-    await llm.chat(MSG, max_tokens=20)  # costs > $5
-    assert spend.spent_usd > 5
+    llm = make_llm(model="pricey-model", prices_file=prices, budget_usd=100.0, spend=spend, cache=False)
+    answered = 0
     with pytest.raises(BudgetExceeded, match="budget"):
-        await llm.chat(MSG, max_tokens=20)
+        for _ in range(50):
+            await llm.chat(MSG, max_tokens=20)  # at most ~20 prompt + 20 completion tokens: $40
+            answered += 1
+    assert 1 <= answered < 50 and spend.spent_usd <= 100.0 and spend.reserved_usd == 0.0
+    assert server.stats["chat"] == answered  # the refused call never reached the endpoint
     # shared by every client of the process (same tracker)
     with pytest.raises(BudgetExceeded):
-        await make_llm(model="pricey-model", prices_file=prices, budget_usd=5.0, spend=spend, cache=False).chat(MSG)
-    assert server.stats["chat"] == 1
+        await make_llm(model="pricey-model", prices_file=prices, budget_usd=100.0, spend=spend, cache=False).chat(
+            MSG, max_tokens=20)
+    assert server.stats["chat"] == answered
+
+
+async def test_concurrent_calls_never_overshoot_the_cap_together(server, make_llm, tmp_path):
+    """Each call holds its worst case while in flight: 30 calls at once against room for a few."""
+    prices = tmp_path / "prices.json"
+    prices.write_text(json.dumps({"pricey-model": {"input": 1_000_000.0, "output": 1_000_000.0}}))
+    server.configure(latency_s=0.2)
+    spend = SpendTracker()
+    llm = make_llm(model="pricey-model", prices_file=prices, budget_usd=200.0, spend=spend, cache=False)
+    results = await asyncio.gather(*(llm.chat([{"role": "user", "content": f"q{i}"}], max_tokens=20)
+                                     for i in range(30)), return_exceptions=True)
+    refused = [r for r in results if isinstance(r, BudgetExceeded)]
+    answered = [r for r in results if not isinstance(r, BaseException)]
+    assert refused and answered and len(refused) + len(answered) == 30
+    assert spend.spent_usd <= 200.0 and spend.reserved_usd == 0.0
+    assert server.stats["chat"] == len(answered)
 
 
 def test_price_table_lookup_and_unknown_model_warns_once(tmp_path):
