@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
@@ -24,15 +24,16 @@ def collect(
     model: str = typer.Option(..., "--model", help="Hub id or local path of a transformers model."),
     hook: Optional[str] = typer.Option(None, "--hook", help="Module (transformer.h.6, model.layers.12) or TransformerLens "
                                        "hook name (blocks.6.hook_resid_pre); default: where the SAE says it reads."),
-    sae: str = typer.Option("neurons", "--sae", help="Local SAE folder/file, Hugging Face repo id (ORG/REPO), SAELens "
-                            "release name, or 'neurons'."),
-    sae_id: Optional[str] = typer.Option(None, "--sae-id", help="The SAE inside the repo or release: a subfolder "
-                                         "(layers.10, layer_20/width_16k/average_l0_71) or a release's SAE id."),
+    sae: List[str] = typer.Option(["neurons"], "--sae", help="Local SAE folder/file, Hugging Face repo id (ORG/REPO), "
+                                  "SAELens release name, or 'neurons'. Repeat for several SAEs in one pass."),
+    sae_id: Optional[List[str]] = typer.Option(None, "--sae-id", help="The SAE inside the repo or release: a subfolder "
+                                               "(layers.10, layer_20/width_16k/average_l0_71) or a release's SAE id. "
+                                               "Repeat for several SAEs of one repo in one pass."),
     revision: Optional[str] = typer.Option(None, "--revision", help="Branch, tag or commit of the SAE's Hub repo."),
     signs: Optional[str] = typer.Option(None, "--signs", help="neurons: pos, neg or pos,neg (each side its own feature)."),
     corpus: str = typer.Option("builtin", "--corpus", help="File, folder, Hugging Face dataset name, or 'builtin'."),
     out: str = typer.Option(..., "--out", help="Store directory (or fsspec URL, e.g. s3://bucket/store) to write "
-                            "or resume."),
+                            "or resume; with several SAEs, the folder holding one store per SAE."),
     hook_io: Optional[str] = typer.Option(None, "--hook-io", help="Read the module's 'output' or 'input' (default: "
                                           "what the hook name or the SAE implies, else output)."),
     tokens: int = typer.Option(2_000_000, "--tokens", help="Corpus tokens to process."),
@@ -54,27 +55,63 @@ def collect(
                                        "(memory per process); Celery tasks when LABELER_REDIS_URL is set."),
     corpus_shards: int = typer.Option(1, "--corpus-shards", help="Split the corpus into M slices (throughput)."),
 ) -> None:
-    """Stream a corpus through model + SAE once and store every feature's examples."""
+    """Stream a corpus through model + SAE(s) once and store every feature's examples."""
     from labeler.core.config import get_settings
     from labeler.corpus import CorpusSpec
-    from labeler.examples.collect import CollectConfig, run_collect
+    from labeler.examples.collect import CollectConfig, run_collect, run_collect_many
 
-    target = _sae_target(model, sae, sae_id, revision, hook, hook_io, signs)
-    cfg = CollectConfig(
-        model=model, hook=target.hook, sae=target.sae, hook_io=target.hook_io,
-        corpus=CorpusSpec(corpus, text_field=text_field, dataset_split=dataset_split),
-        tokens=tokens, ctx_len=ctx_len, batch_size=batch_size, seed=seed, device=_device(device),
-        dtype=dtype or get_settings().dtype, drop_bos=drop_bos, checkpoint_every_s=checkpoint_every,
-    )
+    def config(sae_source: str, one_id: Optional[str]) -> CollectConfig:
+        target = _sae_target(model, sae_source, one_id, revision, hook, hook_io, signs)
+        return CollectConfig(
+            model=model, hook=target.hook, sae=target.sae, hook_io=target.hook_io,
+            corpus=CorpusSpec(corpus, text_field=text_field, dataset_split=dataset_split),
+            tokens=tokens, ctx_len=ctx_len, batch_size=batch_size, seed=seed, device=_device(device),
+            dtype=dtype or get_settings().dtype, drop_bos=drop_bos, checkpoint_every_s=checkpoint_every,
+        )
+
     if threads:
         import torch
 
         torch.set_num_threads(threads)
+    sources = _sae_sources(sae, sae_id)
+    log = lambda m: typer.echo(m, err=True)  # noqa: E731
+    if len(sources) > 1:
+        if features is not None or feature_shards > 1 or corpus_shards > 1:
+            from labeler.core.errors import ConfigError
+
+            raise ConfigError("several SAEs are collected in one pass over the whole corpus: --features, "
+                              "--feature-shards and --corpus-shards take one SAE at a time")
+        cfgs = [config(s, i) for s, i in sources]
+        outs = [f"{out.rstrip('/')}/{_store_name(s, i)}" for s, i in sources]
+        for path in run_collect_many(cfgs, outs, force=force, progress=not no_progress, log=log):
+            typer.echo(str(path))
+        return
+    cfg = config(*sources[0])
     if features is not None or feature_shards > 1 or corpus_shards > 1:
         typer.echo(_split_collect(cfg, out, features, feature_shards, corpus_shards, force, not no_progress))
         return
-    path = run_collect(cfg, out, force=force, progress=not no_progress, log=lambda m: typer.echo(m, err=True))
-    typer.echo(str(path))
+    typer.echo(str(run_collect(cfg, out, force=force, progress=not no_progress, log=log)))
+
+
+def _sae_sources(saes: List[str], sae_ids: Optional[List[str]]) -> list[tuple[str, Optional[str]]]:
+    """(source, id) per SAE: several ``--sae-id`` of one ``--sae``, or several ``--sae`` alone."""
+    from labeler.core.errors import ConfigError
+
+    ids = list(sae_ids or [])
+    if len(saes) > 1 and ids:
+        raise ConfigError("give several --sae-id of one --sae, or several --sae without --sae-id, not both")
+    pairs = [(saes[0], i) for i in ids] if ids else [(s, None) for s in saes]
+    names = [_store_name(s, i) for s, i in pairs]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"two of the SAEs would share a store name under --out: {names}")
+    return pairs
+
+
+def _store_name(sae_source: str, sae_id: Optional[str]) -> str:
+    """The store folder of one SAE among several: its id in the repo, else its source's last part."""
+    from labeler.core.naming import slugify
+
+    return slugify(sae_id if sae_id else sae_source.rstrip("/").rsplit("/", 1)[-1])
 
 
 def _sae_target(model: str, sae: str, sae_id: Optional[str], revision: Optional[str], hook: Optional[str],

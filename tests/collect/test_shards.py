@@ -132,3 +132,27 @@ def test_old_store_format_is_refused_with_a_clear_message(inputs, corpus, gpt2_t
     (path / "manifest.json").write_text(json.dumps(m))
     code, text = run_cli(["inspect", str(path), "--feature", "0"], capsys)
     assert code == 2 and "format_version 1 is not supported" in text and "--force" in text
+
+
+def test_several_saes_of_one_folder_in_one_cli_pass(inputs, corpus, tmp_path, capsys):
+    """A sparsify folder with one SAE per layer: ``--sae-id`` repeated collects both in one pass,
+    one store per SAE under --out, each equal to the store of its own run."""
+    parent = tmp_path / "sparsify"
+    for layer, n in (("h.0", 32), ("h.1", 24)):
+        acts = hook_acts(inputs / "gpt2", f"transformer.{layer}", corpus)
+        centred_sae(parent, acts, n, format="sparsify", hook=layer, k=3)
+    args = ["collect", "--model", str(inputs / "gpt2"), "--sae", str(parent), "--corpus", str(corpus),
+            "--tokens", "1600", "--ctx-len", "16", "--batch-size", "16", "--no-progress"]
+    code, text = run_cli([*args, "--sae-id", "h.0", "--sae-id", "h.1", "--out", str(tmp_path / "many")], capsys)
+    assert code == 0, text
+    for layer, n in (("h.0", 32), ("h.1", 24)):
+        got = tmp_path / "many" / layer
+        assert str(got) in text and FeatureStore(got).n_features == n
+        code, alone_text = run_cli([*args, "--sae-id", layer, "--out", str(tmp_path / f"alone-{layer}")], capsys)
+        assert code == 0, alone_text
+        assert_same_store(tmp_path / f"alone-{layer}", got)
+    code, text = run_cli([*args, "--sae-id", "h.0", "--sae-id", "h.1", "--out", str(tmp_path / "x"),
+                          "--feature-shards", "2"], capsys)
+    assert code == 2 and "one SAE at a time" in text, text
+    code, text = run_cli([*args, "--sae-id", "h.0", "--sae-id", "h.0", "--out", str(tmp_path / "y")], capsys)
+    assert code == 2 and "share a store name" in text, text

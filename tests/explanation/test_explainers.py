@@ -118,11 +118,20 @@ async def test_llm_errors_become_failures_and_budget_propagates(server, make_llm
     import json
 
     prices = tmp_path / "p.json"
-    prices.write_text(json.dumps({"pricey": {"input": 1e6, "output": 0}}))
-    llm = make_llm(model="pricey", prices_file=prices, budget_usd=1.0)
-    await get_explainer("highlighted", llm).explain(make_feature_record(1))
+    # $1 a prompt token: one call's worst case is far over a $1 budget, so none is sent
+    prices.write_text(json.dumps({"pricey": {"input": 1e6, "output": 0}, "fair": {"input": 1e3, "output": 0}}))
+    sent = server.stats["chat"]
+    with pytest.raises(BudgetExceeded):
+        await get_explainer("highlighted", make_llm(model="pricey", prices_file=prices, budget_usd=1.0)).explain(
+            make_feature_record(1))
+    assert server.stats["chat"] == sent
+    # $0.001 a token: the first call fits its worst case; what it spent leaves too little for a second
+    llm = make_llm(model="fair", prices_file=prices, budget_usd=1.0)
+    exp = await get_explainer("highlighted", llm).explain(make_feature_record(1))
+    assert not exp.failed and 0 < exp.usage.cost_usd < 1.0
     with pytest.raises(BudgetExceeded):
         await get_explainer("highlighted", llm).explain(make_feature_record(2))
+    assert server.stats["chat"] == sent + 1
 
 
 async def test_rerun_is_served_from_cache(server, make_llm):
