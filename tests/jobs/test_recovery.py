@@ -91,19 +91,19 @@ def test_sigkilled_worker_chunk_is_finished_by_a_fresh_default_worker(tiny_store
 def test_redis_restart_mid_job_finishes_on_its_own(persistent, tiny_store, alive_features, queue_env, tmp_path,
                                                    workers, llm_server, postgres_url, request):
     redis = request.getfixturevalue("private_redis" if persistent else "volatile_redis")
-    llm_server.configure(latency_s=0.3)
+    llm_server.configure(latency_s=0.4)
     env = queue_env(redis.url, LABELER_CHUNK_SIZE="2", **FAST_RECOVERY)
     pool = workers(env)
     pool.start("a")
-    features = alive_features[:12]
+    pool.start("victim")
+    features = alive_features[:16]
     runner = make_runner()
     job_id = runner.submit(make_job_spec(tiny_store, LABEL, runner.settings), features)
-    wait_until(lambda: runner.progress(job_id).counts["done"] >= 2, what="the first chunk")
-    # a worker dies too, holding a reserved message: with persistence, Redis keeps it
-    # unacknowledged for the whole visibility timeout; without, it is gone with the rest
-    pool.start("victim")
+    # a worker dies holding a chunk: with persistence Redis keeps its message unacknowledged for
+    # the whole visibility timeout; without, that message is gone with every queued one
     wait_until(lambda: "label_chunk" in pool.log("victim") and "received" in pool.log("victim"),
                what="the victim to take a chunk")
+    wait_until(lambda: runner.progress(job_id).counts["done"] >= 1, what="the first chunk")
     pool.kill("victim")
     redis.restart(down_s=1.5)
     restarted = time.monotonic()
