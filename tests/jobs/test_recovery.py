@@ -121,7 +121,7 @@ def test_a_retried_failure_counts_two_attempts_even_when_the_broker_redelivers(t
     # thread while the first still runs it; the lease makes that copy a cheap skip
     llm_server.configure(fail_500=1.0, latency_s=2.5)
     env = queue_env(redis_url, LABELER_CHUNK_SIZE="2", LABELER_LLM_MAX_RETRIES="0",
-                    LABELER_VISIBILITY_TIMEOUT_S="1", LABELER_CHUNK_LEASE_S="3", LABELER_REAPER_INTERVAL_S="0.5")
+                    LABELER_VISIBILITY_TIMEOUT_S="1", LABELER_CHUNK_LEASE_S="6")
     pool = workers(env)
     pool.start("a", concurrency=3)
     features = alive_features[:4]
