@@ -1,6 +1,8 @@
 """Thin Celery tasks: each worker process builds its own repository and runner; a task runs one
-chunk through it.  Redelivered chunks are harmless: a chunk skips features its job already
-marked done, and every database write is an upsert on its natural key.
+chunk through it.  Redelivered chunks are harmless: a chunk runs only under its lease, works
+only on features its job still has pending, and every database write is an upsert on its
+natural key.  Every worker also runs the reaper (``labeler.runs.recovery``), so work lost with
+a worker or with the broker comes back with no operator.
 """
 
 from __future__ import annotations
@@ -8,7 +10,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from celery.signals import worker_init, worker_process_init
+from celery.signals import worker_init, worker_process_init, worker_ready, worker_shutdown
 
 from labeler.runs.queue import COLLECT_PART_TASK, LABEL_CHUNK_TASK
 from workers.app import app
@@ -31,8 +33,9 @@ def runner() -> Any:
 
 
 @app.task(name=LABEL_CHUNK_TASK)
-def label_chunk(job_id: int, features: list[int]) -> dict[str, Any]:
-    result = runner().run_chunk(int(job_id), [int(f) for f in features])
+def label_chunk(job_id: int, features: list[int], chunk_id: int | None = None) -> dict[str, Any]:
+    result = runner().run_chunk(int(job_id), [int(f) for f in features],
+                                chunk_id=None if chunk_id is None else int(chunk_id))
     return {"done": len(result.done), "failed": len(result.failed), "skipped": len(result.skipped),
             "not_started": len(result.not_started), "message": result.message}
 
@@ -55,3 +58,28 @@ def _preload(**_: Any) -> None:
     import labeler.explanation  # noqa: F401
     import labeler.runs.runner  # noqa: F401
     import labeler.scoring  # noqa: F401
+
+
+_reaper_stop: threading.Event | None = None
+
+
+@worker_ready.connect  # once per worker, in its main process (the prefork parent)
+def _start_reaper(**_: Any) -> None:
+    """The reaper, with its own repository and sender (the runner's belongs to the processes
+    that run tasks)."""
+    global _reaper_stop
+    from labeler.core.config import get_settings
+    from labeler.db import Repository
+    from labeler.runs.queue import CelerySender
+    from labeler.runs.recovery import Reaper
+
+    settings = get_settings()
+    sender = CelerySender(settings)
+    reaper = Reaper(Repository.open(settings.resolved_database_url), sender, settings, waiting=sender.waiting)
+    _reaper_stop = reaper.start()
+
+
+@worker_shutdown.connect
+def _stop_reaper(**_: Any) -> None:
+    if _reaper_stop is not None:
+        _reaper_stop.set()

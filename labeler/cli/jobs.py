@@ -229,7 +229,8 @@ def submit(store: Optional[Path] = typer.Option(None, "--store", help="collect s
            sampling: Optional[str] = SamplingOpt, negatives: Optional[str] = NegativesOpt,
            retry_failed: Optional[int] = typer.Option(None, "--retry-failed", help="re-queue a job's failed features"),
            resume: Optional[int] = typer.Option(None, "--resume", help="re-queue a job's pending features (e.g. "
-                                                                        "a budget_reached job, with --budget-usd)"),
+                                                                        "a budget_reached job, with --budget-usd) "
+                                                                        "and re-send its lost chunks now"),
            llm_mode: Optional[str] = LlmModeOpt, budget_usd: Optional[float] = BudgetOpt,
            wait: bool = typer.Option(False, "--wait", help="wait until the job finishes"),
            as_json: bool = typer.Option(False, "--json")) -> None:

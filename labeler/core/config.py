@@ -49,9 +49,19 @@ class Settings(BaseSettings):
     broker_url: str | None = None  # default: redis_url
     result_backend: str | None = None  # default: redis_url
     chunk_size: int = 16  # features per queue task
-    # Seconds before a reserved but unacknowledged chunk is handed to another worker; must be
-    # longer than the longest chunk (tests shorten it to see redelivery quickly).
-    visibility_timeout_s: int = 3600
+    # Recovery (labeler.runs.recovery): a worker holds a lease on the chunk it works on, renewed
+    # by a heartbeat every third of it; the reaper in every worker re-queues a chunk whose lease
+    # lapsed (its worker died) and re-sends a queued chunk nobody claimed within
+    # chunk_lost_after_s while the broker queue is empty (its message was lost).  A chunk
+    # claimed chunk_max_claims times without finishing has its pending features failed.
+    chunk_lease_s: float = 60.0
+    reaper_interval_s: float = 10.0
+    chunk_lost_after_s: float = 60.0
+    chunk_max_claims: int = 3
+    # The broker's own redelivery of an unacknowledged chunk (a backstop behind the leases).
+    # Default: chunk_size x feature_estimate_s x 3, at least 2 leases (see queue.visibility_timeout).
+    visibility_timeout_s: int | None = None
+    feature_estimate_s: float = 20.0  # expected seconds of one feature of a chunk (sync LLM calls)
 
     # --- compute --------------------------------------------------------------------------
     device: str = "auto"  # auto | cpu | cuda | cuda:N

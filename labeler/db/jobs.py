@@ -100,6 +100,20 @@ class JobLedger:
             if res.rowcount == 0:
                 raise InputError(f"job {job_id} does not exist")
 
+    def finish_if_complete(self, job_id: int) -> bool:
+        """Mark a pending or running job done when none of its features is pending (failures
+        count as finished); True when the job is done."""
+        with self.db.engine.begin() as c:
+            status = c.execute(sa.select(T_JOB.c.status).where(T_JOB.c.id == job_id)).scalar_one_or_none()
+            if status in ("done", "cancelled", None):
+                return status == "done"
+            pending = c.execute(sa.select(sa.func.count()).where(
+                T_JOBF.c.job_id == job_id, T_JOBF.c.status == "pending")).scalar_one()
+            if pending:
+                return False
+            c.execute(T_JOB.update().where(T_JOB.c.id == job_id).values(status="done", updated_at=utcnow()))
+            return True
+
     def charge(self, job_id: int, usd: float) -> float:
         """Add ``usd`` (negative: give back a reservation's unspent part) to the job's spend, in
         one atomic update whichever worker calls; returns the new total."""

@@ -203,6 +203,31 @@ class JobFeature(SQLModel, table=True):
     updated_at: datetime = Field(default_factory=utcnow, sa_column=sa.Column(sa.DateTime, nullable=False))
 
 
+class JobChunk(SQLModel, table=True):
+    """One queued chunk of a job and who works on it (``labeler.db.chunks``): the queue's
+    messages can be lost or redelivered, this row cannot.  ``state`` is queued (a message is
+    out for it), running (a worker holds the lease until ``lease_expires_at``, renewed by its
+    heartbeat) or done (its run ended; the features' outcomes are in ``job_feature``)."""
+
+    __tablename__ = "job_chunk"
+    __table_args__ = (sa.UniqueConstraint("job_id", "number", name="uq_job_chunk_number"),
+                      sa.Index("ix_job_chunk_state", "state", "lease_expires_at"))
+    id: Optional[int] = Field(default=None, primary_key=True)
+    job_id: int = Field(sa_column=sa.Column(sa.Integer, sa.ForeignKey("job.id", ondelete="CASCADE"), nullable=False))
+    number: int = Field(sa_column=sa.Column(sa.Integer, nullable=False))  # 0, 1, ... within the job
+    features: list = Field(sa_column=sa.Column(sa.JSON, nullable=False))
+    state: str = Field(default="queued", sa_column=sa.Column(sa.String(20), nullable=False))
+    lease_owner: Optional[str] = Field(default=None, sa_column=sa.Column(sa.String(200)))
+    lease_expires_at: Optional[datetime] = Field(default=None, sa_column=sa.Column(sa.DateTime))
+    heartbeat_at: Optional[datetime] = Field(default=None, sa_column=sa.Column(sa.DateTime))
+    claims: int = Field(default=0, sa_column=sa.Column(sa.Integer, nullable=False))  # runs started
+    sends: int = Field(default=0, sa_column=sa.Column(sa.Integer, nullable=False))  # messages sent
+    error: Optional[str] = Field(default=None, sa_column=sa.Column(sa.Text))  # why the last run ended early
+    queued_at: datetime = Field(default_factory=utcnow, sa_column=sa.Column(sa.DateTime, nullable=False))
+    created_at: datetime = Field(default_factory=utcnow, sa_column=sa.Column(sa.DateTime, nullable=False))
+    updated_at: datetime = Field(default_factory=utcnow, sa_column=sa.Column(sa.DateTime, nullable=False))
+
+
 class LlmUsageRow(SQLModel, table=True):
     """LLM spend, one row per saved explanation or score that used an LLM (written once,
     together with the row it belongs to, so retries do not double count)."""

@@ -7,6 +7,7 @@
     repo.search    full-text and semantic search             (labeler.db.search)
     repo.neighbours nearest features by decoder cosine       (labeler.db.neighbours)
     repo.jobs      the job ledger                            (labeler.db.jobs)
+    repo.chunks    queued chunks and their leases            (labeler.db.chunks)
 
 A repository is always passed in (the API keeps one in ``app.state``, each worker process and
 each CLI command builds its own); nothing in labeler keeps a process-wide one.
@@ -15,6 +16,7 @@ each CLI command builds its own); nothing in labeler keeps a process-wide one.
 from __future__ import annotations
 
 from labeler.db.catalog import Catalog
+from labeler.db.chunks import ChunkLedger
 from labeler.db.database import Database
 from labeler.db.jobs import JobLedger
 from labeler.db.neighbours import Neighbours
@@ -34,6 +36,7 @@ class Repository:
         self.search = Search(self.db)
         self.neighbours = Neighbours(self.db)
         self.jobs = JobLedger(self.db)
+        self.chunks = ChunkLedger(self.db)
 
     @classmethod
     def open(cls, url: str) -> "Repository":

@@ -4,9 +4,11 @@ app in ``workers/``; the library only ever sends tasks by name and never imports
 Delivery guarantees: tasks are acknowledged only after they finish (``task_acks_late``), put
 back on the queue when the worker process running them dies (``task_reject_on_worker_lost``),
 and a worker reserves one task at a time (``worker_prefetch_multiplier=1``) so a killed worker
-holds back at most the chunk it was working on.  A message reserved by a worker that vanished
-(SIGKILL, lost machine) is redelivered after ``visibility_timeout`` seconds.  Writes are
-idempotent, so redelivery never duplicates a label.
+holds back at most the chunk it was working on.  Lost work is recovered by the chunk leases and
+the reaper of ``labeler.runs.recovery`` (within about a lease); the broker's own redelivery of a
+message reserved by a worker that vanished, after ``visibility_timeout`` seconds, is a backstop
+(its copy is skipped when the chunk is done or leased).  Writes are idempotent, so neither ever
+duplicates a label.
 """
 
 from __future__ import annotations
@@ -31,10 +33,21 @@ def broker_url(settings: Settings) -> str:
     return url
 
 
+def visibility_timeout(settings: Settings) -> int:
+    """Seconds before Redis hands an unacknowledged chunk to another worker: the setting, else a
+    chunk's expected duration (chunk_size x feature_estimate_s) three times over, and at least
+    two leases.  Too short costs a skipped copy of a chunk still running (batch-mode chunks
+    wait for their batch), too long only delays the backstop: the leases recover lost work."""
+    if settings.visibility_timeout_s is not None:
+        return int(settings.visibility_timeout_s)
+    expected = settings.chunk_size * settings.feature_estimate_s
+    return int(max(3 * expected, 2 * settings.chunk_lease_s, 1))
+
+
 def celery_config(settings: Settings) -> dict[str, Any]:
     """Celery settings for both ends of the queue."""
     broker = broker_url(settings)
-    vt = settings.visibility_timeout_s
+    vt = visibility_timeout(settings)
     transport = {
         "visibility_timeout": vt,
         # sweep for messages abandoned by dead workers a few times per visibility timeout
@@ -72,17 +85,36 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     )
 
 
+PRIORITY_SEPARATOR = "\x06\x16"
+PRIORITY_STEPS = (0, 3, 6, 9)
+"""kombu's Redis transport keeps one list per priority step: ``labeler``, ``labeler\x06\x163``..."""
+
+
 class CelerySender:
-    """Queues chunks by task name: ``sender(job_id, features)``."""
+    """Queues chunks by task name: ``sender(job_id, chunk_id, features)``; ``waiting()`` counts
+    the messages waiting in the queue (for the reaper)."""
 
     def __init__(self, settings: Settings):
         from celery import Celery
 
         self.app = Celery("labeler-sender")
         self.app.conf.update(celery_config(settings))
+        self._broker_url = broker_url(settings)
+        self._redis: Any = None
 
-    def __call__(self, job_id: int, features: list[int]) -> None:
-        self.app.send_task(LABEL_CHUNK_TASK, args=[int(job_id), [int(f) for f in features]], queue=QUEUE)
+    def __call__(self, job_id: int, chunk_id: int, features: list[int]) -> None:
+        # the chunk id goes last: a worker also runs messages queued before chunks had ids
+        self.app.send_task(LABEL_CHUNK_TASK, args=[int(job_id), [int(f) for f in features], int(chunk_id)],
+                           queue=QUEUE)
+
+    def waiting(self) -> int:
+        """Messages in the queue not yet taken by a worker (reserved ones are not counted)."""
+        if self._redis is None:
+            import redis
+
+            self._redis = redis.Redis.from_url(self._broker_url, socket_timeout=5, socket_connect_timeout=5)
+        names = [QUEUE if p == 0 else f"{QUEUE}{PRIORITY_SEPARATOR}{p}" for p in PRIORITY_STEPS]
+        return int(sum(self._redis.llen(n) for n in names))
 
     def collect_part(self, job_id: int, index: int) -> None:
         self.app.send_task(COLLECT_PART_TASK, args=[int(job_id), int(index)], queue=QUEUE)

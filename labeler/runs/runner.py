@@ -3,7 +3,8 @@ retry failures, cancel, follow.  The CLI, the API, Celery workers, the demo and 
 harness all go through a ``Runner``.
 
 Delivery is at-least-once (a queued chunk can be redelivered); labels are exactly-once because
-every write is idempotent and a chunk skips features its job already marked done.
+every write is idempotent, a queued chunk runs only under its lease (``labeler.runs.recovery``)
+and a chunk works only on features still pending in its job.
 """
 
 from __future__ import annotations
@@ -20,12 +21,10 @@ from labeler.db.views import JobView
 from labeler.examples.store import StoreCache
 from labeler.runs.budget import JobBudget
 from labeler.runs.llms import LLMPool, build_stages
+from labeler.runs.recovery import ChunkLease, ChunkSender, Reaper
 from labeler.runs.spec import JobSpec, validate
 from labeler.runs.subjects import SubjectCache
-from labeler.runs.stages import ChunkResult, label_chunk
-
-ChunkSender = Callable[[int, list[int]], None]
-"""Queues one chunk of a job for a worker: ``send(job_id, features)``."""
+from labeler.runs.stages import ChunkResult, label_chunk, reason_of
 
 CANCEL_POLL_S = 1.0
 BATCH_FEATURES_IN_FLIGHT = 1024
@@ -108,10 +107,11 @@ class Runner:
         return self.send
 
     def _queue(self, job_id: int, features: list[int], chunk_size: int) -> int:
+        """Record the chunks (the ledger the reaper recovers from), then send their messages."""
         send = self._require_queue()
-        chunks = chunked(sorted(features), chunk_size) if features else []
+        chunks = self.repo.chunks.add(job_id, chunked(sorted(features), chunk_size) if features else [])
         for chunk in chunks:
-            send(job_id, chunk)
+            send(job_id, chunk.id, chunk.features)
         return len(chunks)
 
     # --- running ----------------------------------------------------------------------------
@@ -144,22 +144,39 @@ class Runner:
             should_cancel=self._cancel_probe(job_id))
         if result.budget_exceeded:
             self._stop_for_budget(job_id)
-        self._finish_if_complete(job_id)
+        self.repo.jobs.finish_if_complete(job_id)
         return result
 
     def _stop_for_budget(self, job_id: int) -> None:
         if self.repo.jobs.status(job_id) in ("pending", "running"):
             self.repo.jobs.set_status(job_id, "budget_reached")
 
-    def run_chunk(self, job_id: int, features: list[int]) -> ChunkResult:
+    def run_chunk(self, job_id: int, features: list[int], chunk_id: int | None = None) -> ChunkResult:
         """``run_chunk_async`` on this thread's own event loop and LLM pool, kept between chunks so
-        connections to the endpoints stay open (a Celery worker thread calls this)."""
+        connections to the endpoints stay open (a Celery worker thread calls this).  A queued
+        chunk (``chunk_id``) runs under its lease: a copy whose chunk is done or leased by a live
+        worker is skipped."""
+        lease = None
+        if chunk_id is not None:
+            lease = ChunkLease(self.repo.chunks, chunk_id, self.settings.chunk_lease_s)
+            chunk = lease.claim()
+            if chunk is None:
+                return ChunkResult(skipped=list(features), message=f"{lease.why_not()}: skipped")
+            features = chunk.features
         loop = getattr(self._thread, "loop", None)
         if loop is None or loop.is_closed():
             loop = self._thread.loop = asyncio.new_event_loop()
             self._thread.pool = LLMPool(self.settings)
         asyncio.set_event_loop(loop)
-        return loop.run_until_complete(self.run_chunk_async(job_id, features, self._thread.pool))
+        try:
+            result = loop.run_until_complete(self.run_chunk_async(job_id, features, self._thread.pool))
+        except BaseException as e:
+            if lease is not None:
+                lease.release(reason_of(e))
+            raise
+        if lease is not None:
+            lease.finish()
+        return result
 
     def run(self, job_id: int, *, on_chunk: Callable[[ChunkResult], None] | None = None) -> JobView:
         """Run the job's pending features here, several chunks at once so the LLM concurrency
@@ -186,7 +203,7 @@ class Runner:
 
         if chunks:
             asyncio.run(main())
-        self._finish_if_complete(job_id)
+        self.repo.jobs.finish_if_complete(job_id)
         return self.progress(job_id)
 
     def _cancel_probe(self, job_id: int) -> Callable[[], bool]:
@@ -201,16 +218,6 @@ class Runner:
             return bool(last[1])
 
         return probe
-
-    def _finish_if_complete(self, job_id: int) -> bool:
-        """Mark the job done when no feature is pending (failures count as finished)."""
-        info = self.progress(job_id)
-        if info.status in ("done", "cancelled"):
-            return info.status == "done"
-        if info.counts.get("pending", 0) == 0:
-            self.repo.jobs.set_status(job_id, "done")
-            return True
-        return False
 
     # --- control ----------------------------------------------------------------------------
 
@@ -236,7 +243,10 @@ class Runner:
     def resume(self, job_id: int, *, queued: bool, budget_usd: float | None = None) -> list[int]:
         """Go on with a job's pending features (a budget_reached job, or one whose queued
         chunks were lost), queued or run here.  ``budget_usd`` (default: LABELER_LLM_BUDGET_USD
-        when set) becomes the job's budget; it must be above what the job already spent."""
+        when set) becomes the job's budget; it must be above what the job already spent.
+        Queued: the job's queued chunks are sent again, chunks whose worker died are re-queued
+        (``Reaper.reap``), and pending features in no unfinished chunk get new chunks; a chunk a
+        live worker holds is left to it."""
         info = self.progress(job_id)
         if info.status in ("done", "cancelled"):
             raise InputError(f"job {job_id} is {info.status}: nothing to resume")
@@ -258,10 +268,12 @@ class Runner:
         pending = self.repo.jobs.features(job_id, status="pending")
         self.repo.jobs.set_status(job_id, "running")
         if queued:
-            self._queue(job_id, pending, spec.chunk_size)
+            Reaper(self.repo, self._require_queue(), self.settings).reap(job_id=job_id, resend_queued=True)
+            covered = self.repo.chunks.covered(job_id)
+            self._queue(job_id, [f for f in pending if f not in covered], spec.chunk_size)
         else:
             self.run(job_id)
-        self._finish_if_complete(job_id)
+        self.repo.jobs.finish_if_complete(job_id)
         return pending
 
     def cancel(self, job_id: int) -> JobView:

@@ -25,7 +25,7 @@ class ChunkResult:
 
     done: list[int] = field(default_factory=list)
     failed: dict[int, str] = field(default_factory=dict)  # feature -> reason
-    skipped: list[int] = field(default_factory=list)  # already done in this job
+    skipped: list[int] = field(default_factory=list)  # not pending in this job (done, or failed awaiting a retry)
     not_started: list[int] = field(default_factory=list)  # cancelled or budget reached first; stay pending
     usage: LLMUsage = field(default_factory=LLMUsage)
     explanations: int = 0  # rows written (or found) this run
@@ -54,7 +54,8 @@ class _Feature:
     completed: bool = False  # went through every stage of the job
 
 
-def _reason(exc: BaseException) -> str:
+def reason_of(exc: BaseException) -> str:
+    """An exception as a failure reason: its kind (LLM errors) or type, and its text."""
     kind = getattr(exc, "kind", None)
     text = str(exc) or type(exc).__name__
     return f"{kind}: {text}" if kind else f"{type(exc).__name__}: {text}"
@@ -97,9 +98,11 @@ async def label_chunk(store: Any, features: list[int], stages: Stages, repo: Rep
     marked failed with its reason and the rest go on.  ``BudgetExceeded`` or ``should_cancel``
     stop new work: features not reached stay pending and the result says why."""
     result = ChunkResult()
-    finished = set(repo.jobs.features(job_id, status="done"))
-    result.skipped = [f for f in features if f in finished]
-    todo = {f: _Feature(f) for f in features if f not in finished}
+    # Only pending features: a done one is finished, and a failed one waits for a retry (which
+    # makes it pending first), so a redelivered chunk never counts or pays for an extra attempt.
+    pending = set(repo.jobs.features(job_id, status="pending"))
+    result.skipped = [f for f in features if f not in pending]
+    todo = {f: _Feature(f) for f in features if f in pending}
     if not todo:
         return result
     sem = asyncio.Semaphore(max_in_flight)
@@ -125,7 +128,7 @@ async def label_chunk(store: Any, features: list[int], stages: Stages, repo: Rep
                 if not stopped:
                     stopped.append(f"budget: {e}")
             except Exception as e:  # a feature's failure never fails the chunk
-                st.error = _reason(e)
+                st.error = reason_of(e)
 
     async def record(st: _Feature) -> FeatureRecord:
         if st.record is None:

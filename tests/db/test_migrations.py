@@ -10,10 +10,10 @@ from labeler.db.engine import head_revision
 from labeler.db.models import metadata
 
 TABLES = {"subject_model", "sae", "feature", "explanation", "score", "explanation_embedding", "job",
-          "job_feature", "llm_usage", "feature_neighbours"}
+          "job_feature", "llm_usage", "feature_neighbours", "job_chunk"}
 
 
-HEAD = "0005"
+HEAD = "0007"
 
 
 def test_upgrade_from_empty_matches_models(database_url):

@@ -64,9 +64,10 @@ class RedisServer:
     """A redis-server of our own (own port, own dir, append-only file) that can be restarted
     without touching the shared server."""
 
-    def __init__(self, workdir: Path):
+    def __init__(self, workdir: Path, *, persistent: bool = True):
         self.dir = workdir
         self.port = free_port()
+        self.persistent = persistent  # False: a restart loses every key, queued messages included
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -76,7 +77,8 @@ class RedisServer:
     def start(self) -> None:
         self.proc = subprocess.Popen(
             [shutil.which("redis-server") or "redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
-             "--dir", str(self.dir), "--appendonly", "yes", "--appendfsync", "always", "--save", "",
+             "--dir", str(self.dir), "--appendonly", "yes" if self.persistent else "no",
+             "--appendfsync", "always", "--save", "",
              "--logfile", str(self.dir / "redis.log")],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         import redis
@@ -105,11 +107,22 @@ class RedisServer:
 
 @pytest.fixture
 def private_redis(tmp_path):
+    """A private redis-server with an append-only file: a restart keeps queued messages."""
+    yield from _private_redis(tmp_path, persistent=True)
+
+
+@pytest.fixture
+def volatile_redis(tmp_path):
+    """A private redis-server without persistence: a restart loses every queued message."""
+    yield from _private_redis(tmp_path, persistent=False)
+
+
+def _private_redis(tmp_path: Path, *, persistent: bool):
     if shutil.which("redis-server") is None:
         pytest.fail("redis-server is not installed")
     d = tmp_path / "redis"
     d.mkdir()
-    server = RedisServer(d)
+    server = RedisServer(d, persistent=persistent)
     server.start()
     yield server
     server.stop()
@@ -167,9 +180,10 @@ class Workers:
 @pytest.fixture
 def queue_env(monkeypatch, tmp_path, postgres_url, llm_server, isolated_settings):
     """Settings shared by this test process and its workers: PostgreSQL, the LLM test server,
-    no response cache (every run really calls the LLM), a short visibility timeout."""
+    no response cache (every run really calls the LLM), a short visibility timeout.  An ``extra``
+    value of None leaves that variable unset (the setting's default)."""
 
-    def configure(redis_url: str, **extra: str) -> dict[str, str]:
+    def configure(redis_url: str, **extra: str | None) -> dict[str, str]:
         values = {
             "LABELER_DATABASE_URL": postgres_url,
             "LABELER_REDIS_URL": redis_url,
@@ -185,10 +199,14 @@ def queue_env(monkeypatch, tmp_path, postgres_url, llm_server, isolated_settings
         }
         from labeler.core.config import reset_settings
 
+        unset = {k for k, v in values.items() if v is None}
+        values = {k: v for k, v in values.items() if v is not None}
+        for k in unset:
+            monkeypatch.delenv(k, raising=False)
         for k, v in values.items():
             monkeypatch.setenv(k, v)
         reset_settings()
-        env = {k: v for k, v in os.environ.items()}
+        env = {k: v for k, v in os.environ.items() if k not in unset}
         env.update(values)
         env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
         return env
