@@ -28,7 +28,7 @@ import torch
 # Values hashed per tensor: all of a tensor up to this size, else this many evenly strided ones.
 # Retraining, another seed or fine-tuning moves essentially every weight, so a sample tells
 # them apart while a 7B model's fingerprint stays a fraction of a second (read on its device).
-FINGERPRINT_VALUES = 1 << 20
+FINGERPRINT_VALUES = 1 << 16
 # Settings given as paths: the fingerprints and the tokens stand for their content instead.
 PATH_SETTINGS = ("model", "sae", "corpus")
 
