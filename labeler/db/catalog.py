@@ -67,7 +67,7 @@ class Catalog:
         identity = identity or name_identity(model_name, sae_name)
         values = dict(name=sae_name, hook=hook, format=format, n_features=int(n_features), store_path=store_path,
                       manifest=json_safe(manifest) if manifest is not None else None)
-        for attempt in range(3):  # a concurrent registration can take the slug or the identity first
+        for attempt in range(4):  # a racing registration can take the slug, then the suffixed slug, first
             try:
                 with self.db.engine.begin() as c:
                     model_id = self.ensure_model(c, model_name, model_path_or_id)
@@ -81,7 +81,7 @@ class Catalog:
                                                            created_at=utcnow(), **values)
                                      .returning(T_SAE.c.id)).scalar_one()
             except sa.exc.IntegrityError:
-                if attempt == 2:
+                if attempt == 3:
                     raise
         raise AssertionError("unreachable")
 
@@ -89,14 +89,21 @@ class Catalog:
         """The name's slug, or (taken by another identity) the slug with the identity's first
         hex digits: stable for this identity, so its pages keep their address."""
         slug = slugify(sae_name)
-        holder = c.execute(sa.select(T_SAE.c.identity).where(T_SAE.c.model_id == model_id, T_SAE.c.slug == slug)
-                           ).scalar_one_or_none()
+        holder = self._slug_holder(c, model_id, slug)
         if holder is None:
             return slug
-        own = f"{slug}-{identity[:8]}"
+        for digits in (8, 16, len(identity)):  # longer only if someone already holds the shorter one
+            own = f"{slug}-{identity[:digits]}"
+            if self._slug_holder(c, model_id, own) is None:
+                break
         log.warning("SAE name %r is already used by a different SAE (identity %s); this one (identity %s) "
                     "is registered as %r", sae_name, holder, identity, own)
         return own
+
+    @staticmethod
+    def _slug_holder(c: sa.Connection, model_id: int, slug: str) -> str | None:
+        return c.execute(sa.select(T_SAE.c.identity).where(T_SAE.c.model_id == model_id, T_SAE.c.slug == slug)
+                         ).scalar_one_or_none()
 
     def register_store(self, store: Any, *, full_stats: bool | None = None, batch_size: int = 5000) -> int:
         """Upsert the subject model, the SAE and one row per feature with its statistics.

@@ -196,3 +196,35 @@ def test_migration_backfills_identities_from_manifests(database_url, twin_stores
     # the registered store is found by its identity: no second row
     assert repo.catalog.sae_id_for_store(a) == repo.catalog.sae_id_for("model-gpt2", "with-identity")
     repo.close()
+
+
+def test_concurrent_registrations_of_one_name_keep_identities_apart(repo):
+    """Writers racing on one name: one row per identity, the first to commit keeps the plain slug."""
+    import threading
+
+    identities = ["a" * 32, "b" * 32] * 4
+    got: dict[int, int] = {}
+    start = threading.Barrier(len(identities))
+
+    def register(i: int) -> None:
+        start.wait()
+        got[i] = repo.catalog.ensure_sae("m", "shared name", identity=identities[i], n_features=1)
+
+    threads = [threading.Thread(target=register, args=(i,)) for i in range(len(identities))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    by_identity = {identities[i]: {got[j] for j in got if identities[j] == identities[i]} for i in got}
+    assert all(len(ids) == 1 for ids in by_identity.values()) and len(set(got.values())) == 2
+    slugs = sorted(s.sae for s in repo.catalog.list_saes())
+    assert slugs[0] == "shared-name" and slugs[1] in ("shared-name-aaaaaaaa", "shared-name-bbbbbbbb")
+
+
+def test_a_suffixed_slug_that_is_taken_grows_longer(repo):
+    ident = "c" * 32
+    repo.catalog.ensure_sae("m", "sae", identity="d" * 32)
+    repo.catalog.ensure_sae("m", f"sae-{ident[:8]}", identity="e" * 32)  # someone is literally named so
+    sae_id = repo.catalog.ensure_sae("m", "sae", identity=ident)
+    assert repo.catalog.sae(sae_id).sae == f"sae-{ident[:16]}"
+    assert repo.catalog.ensure_sae("m", "sae", identity=ident) == sae_id  # found by identity again
