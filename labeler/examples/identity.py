@@ -5,7 +5,9 @@ Names (the model's folder, the SAE's folder) are labels: two different SAEs can 
 is a hash of what decides its content:
 
 * the collect settings (``CollectConfig.identity()``) without the paths they were given as,
-* a fingerprint of the subject model's weights and of the SAE's weights as loaded,
+* the model's and the SAE's descriptions in the manifest without their names and paths: a
+  fingerprint of each one's weights as loaded, and what else changes the encoding (an SAE's
+  k, normalisation or signs live in its config, not its tensors),
 * the token windows the collect actually streamed (so the corpus counts by content too).
 
 The same store moved to another folder keeps its identity; the same weights and settings
@@ -62,10 +64,11 @@ def model_fingerprint(model) -> str:
 def store_identity(manifest: dict, tokens: np.ndarray) -> str:
     """The identity of a finished collect (see the module docstring); 32 hex digits."""
     settings = {k: v for k, v in (manifest.get("identity") or {}).items() if k not in PATH_SETTINGS}
-    content = {"settings": settings,
-               "model": manifest["model"].get("weights_fingerprint"),
-               "sae": manifest["sae"].get("weights_fingerprint"),
-               "sae_architecture": manifest["sae"].get("architecture")}
-    h = hashlib.sha256(json.dumps(content, sort_keys=True).encode())
+    # the descriptions keep what changes the encoding (k, normalisation, signs, dtype, class and
+    # the fingerprints) and drop what only names or locates the files
+    model = {k: v for k, v in manifest["model"].items() if k not in ("name", "path_or_id", "revision")}
+    sae = {k: v for k, v in manifest["sae"].items() if k not in ("name", "path", "source", "neuronpedia_id")}
+    content = json.dumps({"settings": settings, "model": model, "sae": sae}, sort_keys=True)
+    h = hashlib.sha256(content.encode())
     h.update(np.ascontiguousarray(tokens).tobytes())
     return h.hexdigest()[:32]

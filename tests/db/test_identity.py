@@ -10,6 +10,7 @@ import logging
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import sqlalchemy as sa
 
@@ -77,6 +78,27 @@ def test_collect_writes_a_content_identity(twin_stores):
     assert a.manifest["store_identity"] != b.manifest["store_identity"]
     assert a.manifest["model"]["weights_fingerprint"] != b.manifest["model"]["weights_fingerprint"]
     assert a.manifest["sae"]["weights_fingerprint"] != b.manifest["sae"]["weights_fingerprint"]
+
+
+def test_identity_follows_content_not_names_or_paths(twin_stores):
+    import copy
+
+    from labeler.examples.identity import store_identity
+
+    store = FeatureStore(twin_stores[0])
+    m, tokens = store.manifest, np.asarray(store.tokens)
+    assert store_identity(m, tokens) == m["store_identity"]
+    renamed = copy.deepcopy(m)
+    renamed["model"].update(name="other", path_or_id="/elsewhere/model")
+    renamed["sae"].update(name="other", path="/elsewhere/sae", source={"kind": "local", "path": "/elsewhere/sae"})
+    renamed["identity"].update(model="/elsewhere/model", sae="/elsewhere/sae", corpus={"source": "/elsewhere/c"})
+    assert store_identity(renamed, tokens) == m["store_identity"]
+    for change in (lambda x: x["sae"].update(k=x["sae"]["k"] + 1), lambda x: x["identity"].update(seed=7),
+                   lambda x: x["model"].update(dtype="bfloat16")):
+        other = copy.deepcopy(m)
+        change(other)
+        assert store_identity(other, tokens) != m["store_identity"]
+    assert store_identity(m, tokens[::-1]) != m["store_identity"]
 
 
 def test_same_names_other_content_get_their_own_rows_and_slugs(repo, twin_stores, caplog):
