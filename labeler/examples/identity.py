@@ -70,5 +70,6 @@ def store_identity(manifest: dict, tokens: np.ndarray) -> str:
     sae = {k: v for k, v in manifest["sae"].items() if k not in ("name", "path", "source", "neuronpedia_id")}
     content = json.dumps({"settings": settings, "model": model, "sae": sae}, sort_keys=True)
     h = hashlib.sha256(content.encode())
-    h.update(np.ascontiguousarray(tokens).tobytes())
+    for start in range(0, len(tokens), 1 << 16):  # by rows: a memory-mapped 100M tokens is never copied whole
+        h.update(np.ascontiguousarray(tokens[start:start + (1 << 16)]).data)
     return h.hexdigest()[:32]
