@@ -174,13 +174,16 @@ class Catalog:
         """The SAE id of the store's identity, registering the store on first use (idempotent;
         a store found at another path has its path updated)."""
         identity = identity_of(store.manifest, str(store.path)).value  # registering says if derived
-        with self.db.engine.begin() as c:
+        with self.db.read_engine.connect() as c:
             row = c.execute(sa.select(T_SAE.c.id, T_SAE.c.store_path).join(T_MODEL, T_MODEL.c.id == T_SAE.c.model_id)
                             .where(T_MODEL.c.slug == slugify(store.model_name), T_SAE.c.identity == identity)
                             ).first()
-            if row is not None and row.store_path != str(store.path):
+        if row is None:
+            return self.register_store(store)
+        if row.store_path != str(store.path):
+            with self.db.engine.begin() as c:
                 c.execute(T_SAE.update().where(T_SAE.c.id == row.id).values(store_path=str(store.path)))
-        return row.id if row is not None else self.register_store(store)
+        return row.id
 
     # --- reads ----------------------------------------------------------------------------------
 
