@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Iterable
 
 import sqlalchemy as sa
@@ -9,10 +10,13 @@ import sqlalchemy as sa
 from labeler.core.errors import InputError
 from labeler.core.naming import slugify
 from labeler.db.database import Database
+from labeler.db.identity import identity_of, name_identity
 from labeler.db.keys import float_or_none, iso, json_safe
 from labeler.db.models import Feature, Sae, SubjectModel, utcnow
 from labeler.db.neighbours import Neighbours
 from labeler.db.views import ModelView, SaeView
+
+log = logging.getLogger(__name__)
 
 T_MODEL = SubjectModel.__table__
 T_SAE = Sae.__table__
@@ -52,23 +56,54 @@ class Catalog:
                   .on_conflict_do_nothing(index_elements=["slug"]))
         return c.execute(sa.select(T_MODEL.c.id).where(T_MODEL.c.slug == slug)).scalar_one()
 
-    def ensure_sae(self, model_name: str, sae_name: str, *, n_features: int = 0, hook: str | None = None,
-                   format: str | None = None, store_path: str | None = None, manifest: dict | None = None,
-                   model_path_or_id: str | None = None) -> int:
-        """Create or update an SAE row (and its model); returns the SAE id."""
-        with self.db.engine.begin() as c:
-            model_id = self.ensure_model(c, model_name, model_path_or_id)
-            values = dict(model_id=model_id, slug=slugify(sae_name), name=sae_name, hook=hook, format=format,
-                          n_features=int(n_features), store_path=store_path,
-                          manifest=json_safe(manifest) if manifest is not None else None, created_at=utcnow())
-            stmt = self.db.insert(T_SAE).values(**values)
-            stmt = stmt.on_conflict_do_update(
-                index_elements=["model_id", "slug"],
-                set_={k: stmt.excluded[k] for k in ("name", "hook", "format", "n_features", "store_path", "manifest")},
-            )
-            c.execute(stmt)
-            return c.execute(sa.select(T_SAE.c.id).where(T_SAE.c.model_id == model_id,
-                                                         T_SAE.c.slug == values["slug"])).scalar_one()
+    def ensure_sae(self, model_name: str, sae_name: str, *, identity: str | None = None, n_features: int = 0,
+                   hook: str | None = None, format: str | None = None, store_path: str | None = None,
+                   manifest: dict | None = None, model_path_or_id: str | None = None) -> int:
+        """Create or update the SAE row of ``identity`` (and its model); returns the SAE id.
+
+        The row is found by identity (default: the names' own, for SAEs known only by name).
+        A new identity whose name's slug is taken by another gets ``<slug>-<identity[:8]>``,
+        with a warning naming both; an existing row keeps its slug and takes the new values."""
+        identity = identity or name_identity(model_name, sae_name)
+        values = dict(name=sae_name, hook=hook, format=format, n_features=int(n_features), store_path=store_path,
+                      manifest=json_safe(manifest) if manifest is not None else None)
+        for attempt in range(4):  # a racing registration can take the slug, then the suffixed slug, first
+            try:
+                with self.db.engine.begin() as c:
+                    model_id = self.ensure_model(c, model_name, model_path_or_id)
+                    found = c.execute(sa.select(T_SAE.c.id).where(T_SAE.c.model_id == model_id,
+                                                                  T_SAE.c.identity == identity)).scalar_one_or_none()
+                    if found is not None:
+                        c.execute(T_SAE.update().where(T_SAE.c.id == found).values(**values))
+                        return found
+                    slug = self._free_slug(c, model_id, sae_name, identity)
+                    return c.execute(T_SAE.insert().values(model_id=model_id, identity=identity, slug=slug,
+                                                           created_at=utcnow(), **values)
+                                     .returning(T_SAE.c.id)).scalar_one()
+            except sa.exc.IntegrityError:
+                if attempt == 3:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _free_slug(self, c: sa.Connection, model_id: int, sae_name: str, identity: str) -> str:
+        """The name's slug, or (taken by another identity) the slug with the identity's first
+        hex digits: stable for this identity, so its pages keep their address."""
+        slug = slugify(sae_name)
+        holder = self._slug_holder(c, model_id, slug)
+        if holder is None:
+            return slug
+        for digits in (8, 16, len(identity)):  # longer only if someone already holds the shorter one
+            own = f"{slug}-{identity[:digits]}"
+            if self._slug_holder(c, model_id, own) is None:
+                break
+        log.warning("SAE name %r is already used by a different SAE (identity %s); this one (identity %s) "
+                    "is registered as %r", sae_name, holder, identity, own)
+        return own
+
+    @staticmethod
+    def _slug_holder(c: sa.Connection, model_id: int, slug: str) -> str | None:
+        return c.execute(sa.select(T_SAE.c.identity).where(T_SAE.c.model_id == model_id, T_SAE.c.slug == slug)
+                         ).scalar_one_or_none()
 
     def register_store(self, store: Any, *, full_stats: bool | None = None, batch_size: int = 5000) -> int:
         """Upsert the subject model, the SAE and one row per feature with its statistics.
@@ -81,7 +116,8 @@ class Catalog:
         sae_m = manifest.get("sae", {}) or {}
         n = int(store.n_features)
         sae_id = self.ensure_sae(
-            store.model_name, store.sae_name, n_features=n, hook=model_m.get("hook"),
+            store.model_name, store.sae_name, identity=self.store_identity(store), n_features=n,
+            hook=model_m.get("hook"),
             format=sae_m.get("format"), store_path=str(store.path), manifest=manifest,
             model_path_or_id=model_m.get("path_or_id"),
         )
@@ -125,10 +161,29 @@ class Catalog:
             with self.db.engine.begin() as c:
                 c.execute(stmt, batch)
 
+    @staticmethod
+    def store_identity(store: Any) -> str:
+        found = identity_of(store.manifest, str(store.path))
+        if found.derived:
+            log.warning("store %s has no content identity (collected before labeler wrote one): it is known by "
+                        "its settings and path (identity %s); moved elsewhere it registers as another SAE",
+                        store.path, found.value)
+        return found.value
+
     def sae_id_for_store(self, store: Any) -> int:
-        """The store's SAE id, registering the store on first use (idempotent)."""
-        sae_id = self.sae_id_for(slugify(store.model_name), slugify(store.sae_name))
-        return sae_id if sae_id is not None else self.register_store(store)
+        """The SAE id of the store's identity, registering the store on first use (idempotent;
+        a store found at another path has its path updated)."""
+        identity = identity_of(store.manifest, str(store.path)).value  # registering says if derived
+        with self.db.read_engine.connect() as c:
+            row = c.execute(sa.select(T_SAE.c.id, T_SAE.c.store_path).join(T_MODEL, T_MODEL.c.id == T_SAE.c.model_id)
+                            .where(T_MODEL.c.slug == slugify(store.model_name), T_SAE.c.identity == identity)
+                            ).first()
+        if row is None:
+            return self.register_store(store)
+        if row.store_path != str(store.path):
+            with self.db.engine.begin() as c:
+                c.execute(T_SAE.update().where(T_SAE.c.id == row.id).values(store_path=str(store.path)))
+        return row.id
 
     # --- reads ----------------------------------------------------------------------------------
 

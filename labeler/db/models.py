@@ -36,12 +36,18 @@ class SubjectModel(SQLModel, table=True):
 
 
 class Sae(SQLModel, table=True):
-    """One SAE (or neuron basis) at one hookpoint of a subject model."""
+    """One SAE (or neuron basis) at one hookpoint of a subject model, read through one store.
+
+    ``identity`` says which store, by content (``labeler.db.identity``); rows are found by it.
+    ``name`` and ``slug`` are labels: an SAE whose name is taken by another identity gets the
+    slug ``<slug>-<first 8 hex of its identity>``."""
 
     __tablename__ = "sae"
-    __table_args__ = (sa.UniqueConstraint("model_id", "slug", name="uq_sae_model_slug"),)
+    __table_args__ = (sa.UniqueConstraint("model_id", "slug", name="uq_sae_model_slug"),
+                      sa.UniqueConstraint("model_id", "identity", name="uq_sae_model_identity"))
     id: Optional[int] = Field(default=None, primary_key=True)
     model_id: int = Field(sa_column=sa.Column(sa.Integer, sa.ForeignKey("subject_model.id", ondelete="CASCADE"), nullable=False))
+    identity: str = Field(sa_column=sa.Column(sa.String(64), nullable=False))
     slug: str = Field(sa_column=sa.Column(sa.String(200), nullable=False))
     name: str = Field(sa_column=sa.Column(sa.String(500), nullable=False))
     hook: Optional[str] = Field(default=None, sa_column=sa.Column(sa.String(500)))

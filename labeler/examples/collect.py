@@ -26,6 +26,7 @@ from labeler.core.errors import ConfigError, InputError, StoreMismatchError
 from labeler.corpus import CorpusSpec, frame_for, iter_texts, iter_windows
 from labeler.examples.accumulate import DEFAULT_SIZES, DEFAULT_SPLIT_PERCENT, SPLITS, Accumulator, SplitSizes
 from labeler.examples.finalize import finalize_store
+from labeler.examples.identity import encoder_fingerprint, model_fingerprint
 from labeler.examples.neighbours import DEFAULT_NEIGHBOURS
 from labeler.examples.storage import Location
 from labeler.examples.store import FORMAT_VERSION, MANIFEST
@@ -153,6 +154,7 @@ class Subject:
     hooked: object
     frame: object
     widths: list[int]
+    weights_fingerprint: str  # of the model's weights as loaded (labeler.examples.identity)
 
 
 def load_subject(cfgs: list[CollectConfig]) -> Subject:
@@ -166,7 +168,7 @@ def load_subject(cfgs: list[CollectConfig]) -> Subject:
     some_token = (tokenizer("a", add_special_tokens=False)["input_ids"] or [0])[0]
     probe = frame.wrap(np.full((1, 2), some_token, dtype=np.int64))
     widths = [int(x.shape[-1]) for x in hooked.activations_all(torch.from_numpy(probe))]
-    return Subject(model, tokenizer, hooked, frame, widths)
+    return Subject(model, tokenizer, hooked, frame, widths, model_fingerprint(model))
 
 
 def base_manifest(cfg: CollectConfig, subject: Subject, encoder, d_model: int) -> dict:
@@ -175,7 +177,10 @@ def base_manifest(cfg: CollectConfig, subject: Subject, encoder, d_model: int) -
         "format_version": FORMAT_VERSION, "status": "running", "config_hash": config_hash(identity),
         "identity": identity,
         "model": {"name": model_name(cfg.model), "path_or_id": cfg.model, "hook": cfg.hook, "hook_io": cfg.hook_io,
-                  "d_model": d_model, "dtype": cfg.dtype, "class": type(subject.model).__name__},
+                  "d_model": d_model, "dtype": cfg.dtype, "class": type(subject.model).__name__,
+                  "weights_fingerprint": subject.weights_fingerprint,
+                  # the Hub commit the weights came from (None for a local folder)
+                  "revision": getattr(getattr(subject.model, "config", None), "_commit_hash", None)},
         "sae": encoder.describe(),
         "corpus": cfg.corpus.describe(),
         "settings": {"ctx_len": cfg.ctx_len, "tokens": cfg.tokens, "seed": cfg.seed, "batch_size": cfg.batch_size,
@@ -193,7 +198,10 @@ def base_manifest(cfg: CollectConfig, subject: Subject, encoder, d_model: int) -
 def open_encoder(cfg: CollectConfig, subject: Subject, d_model: int):
     from labeler.activations import load_encoder
 
-    return load_encoder(cfg.sae, hook=cfg.hook, d_model=d_model).to(subject.hooked.device)
+    encoder = load_encoder(cfg.sae, hook=cfg.hook, d_model=d_model)
+    # fingerprinted where it was loaded (the CPU), before it moves; lands in manifest["sae"]
+    encoder.options["weights_fingerprint"] = encoder_fingerprint(encoder)
+    return encoder.to(subject.hooked.device)
 
 
 def write_outputs(encoder, subject: Subject, loc: Location, prefix: str, start: int, stop: int,

@@ -16,6 +16,7 @@ import torch
 
 from labeler.examples import hard_negatives
 from labeler.examples.accumulate import FIXED_SCALE, HIST_EDGES, SPLITS, BlockState, block_bounds, in_pool, split_of
+from labeler.examples.identity import store_identity
 from labeler.examples.neighbours import nearest_by_cosine
 from labeler.examples.reservoir import gather_runs, key_window, rank_float
 from labeler.examples.storage import Location
@@ -221,7 +222,8 @@ def finalize_store(loc: Location, manifest: dict, cfg, tokenizer_or_vocab, folde
     tokens = write_tokens(loc, (np.load(p) for _, _, p in chunks), n_windows, cfg.ctx_len)
     vocab = tokenizer_or_vocab if isinstance(tokenizer_or_vocab, list) else token_strings(tokenizer_or_vocab)
     loc.write_json("vocab.json", vocab)
-    manifest.update({"tokens_seen": n_windows * cfg.ctx_len, "n_windows": n_windows})
+    manifest.update({"tokens_seen": n_windows * cfg.ctx_len, "n_windows": n_windows,
+                     "store_identity": store_identity(manifest, tokens)})
     writer = StoreWriter(loc, manifest, shard_size=cfg.shard_size, tokens=tokens)
     nonneg = manifest["sae"]["architecture"] != "neurons"
     out_folders = output_folders if output_folders is not None else [(0, folders[0])]

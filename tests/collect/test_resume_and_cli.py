@@ -29,6 +29,8 @@ def store_contents(path: Path) -> dict[str, np.ndarray]:
 def assert_same_store(a_path: Path, b_path: Path) -> None:
     a, b = store_contents(a_path), store_contents(b_path)
     assert a.keys() == b.keys()
+    identity = [json.loads((Path(p) / "manifest.json").read_text())["store_identity"] for p in (a_path, b_path)]
+    assert identity[0] == identity[1]  # the same content is the same SAE to the database
     for k in a:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
 
