@@ -86,3 +86,19 @@ def numpy_encode(x: np.ndarray, W_enc, b_enc, W_dec, b_dec, *, arch: str, k: int
     rows = np.arange(len(pre))[:, None]
     out[rows, top] = np.maximum(pre[rows, top], 0)
     return out
+
+
+@pytest.fixture
+def w():
+    """Random SAE weights of the format tests' sizes (reference.FORMAT_D_IN x FORMAT_F)."""
+    from tests.collect import reference as R
+
+    return R.random_weights(R.FORMAT_D_IN, R.FORMAT_F)
+
+
+@pytest.fixture
+def x():
+    """30 random inputs of the format tests' width."""
+    from tests.collect import reference as R
+
+    return R.random_inputs(30, R.FORMAT_D_IN)

@@ -7,6 +7,7 @@ import numpy as np
 import torch
 
 TOL = 1e-5
+FORMAT_D_IN, FORMAT_F = 12, 40  # sizes of the SAE-format tests' random weights
 
 
 def random_weights(d_in: int, n: int, seed: int = 1) -> dict[str, np.ndarray]:

@@ -14,22 +14,13 @@ from labeler.activations import load_encoder
 from labeler.core.errors import ConfigError, InputError
 from tests.collect import reference as R
 
-D_IN, D_OUT, F = 12, 10, 40
+D_IN, F = R.FORMAT_D_IN, R.FORMAT_F  # the w and x fixtures (conftest) have these sizes
+D_OUT = 10
 V6 = {"sae_lens_version": "6.54.12", "sae_lens_training_version": "6.54.12", "model_name": "gpt2-small",
       "hook_name": "blocks.3.hook_resid_pre", "hook_head_index": None, "model_class_name": "HookedTransformer",
       "context_size": 128, "seqpos_slice": [None], "model_from_pretrained_kwargs": {}, "prepend_bos": True,
       "exclude_special_tokens": False, "sequence_separator_token": "bos", "disable_concat_sequences": False,
       "dataset_path": "monology/pile-uncopyrighted", "training_architecture": "standard", "l0": 31.5}
-
-
-@pytest.fixture
-def w():
-    return R.random_weights(D_IN, F)
-
-
-@pytest.fixture
-def x():
-    return R.random_inputs(30, D_IN)
 
 
 def sae6(path, tensors, architecture, **top):

@@ -14,17 +14,7 @@ from labeler.activations.formats import sae_hook
 from labeler.core.errors import ConfigError, InputError
 from tests.collect import reference as R
 
-D_IN, F = 12, 40
-
-
-@pytest.fixture
-def w():
-    return R.random_weights(D_IN, F)
-
-
-@pytest.fixture
-def x():
-    return R.random_inputs(30, D_IN)
+D_IN, F = R.FORMAT_D_IN, R.FORMAT_F  # the w and x fixtures (conftest) have these sizes
 
 
 def sparsify(folder, w, **cfg):
