@@ -10,6 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 import labeler
+from labeler.api.limits import BodySizeLimit
 from labeler.core.config import Settings, get_settings
 from labeler.core.errors import LabelerError
 from labeler.db import Repository
@@ -59,6 +60,7 @@ def create_app(settings: Settings, repo: Repository | None = None, subjects: Sub
             "message": f"{where}: {first.get('msg', 'invalid request')}",
         })
 
+    app.add_middleware(BodySizeLimit, max_bytes=settings.api_max_body_bytes)
     for module in (meta, features, export, search, jobs, steer, pages):
         app.include_router(module.router)
     app.include_router(steer.pages)

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from fastapi import HTTPException, Path
 
-from labeler.api.schemas import Context
+from labeler.api.schemas import MAX_INDEX, Context
 from labeler.core.naming import slugify
 from labeler.db import Repository
 from labeler.examples.store import StoreCache
 from labeler.records import FeatureRecord
 
-MAX_INDEX = 2**31 - 1
+log = logging.getLogger(__name__)
 ModelSlug = Path(..., max_length=200, description="model slug, e.g. eleutherai--pythia-70m")
 SaeSlug = Path(..., max_length=200, description="SAE slug")
 FeatureIndex = Path(..., ge=0, le=MAX_INDEX, description="feature index")
@@ -36,7 +37,9 @@ def store_record(stores: StoreCache, store_path: str | None, index: int) -> tupl
             return None, f"the store has {store.n_features} features"
         return store.feature(index), None
     except Exception as e:  # the store may live on another machine: the API still answers
-        return None, f"store not readable here: {e}"
+        # The reason names the server's path: logged for the operator, not shown to readers.
+        log.info("store %s not readable here: %s", store_path, e)
+        return None, "the SAE's collect store is not readable from this server"
 
 
 def store_fields(stores: StoreCache, store_path: str | None, index: int, n_contexts: int) -> dict[str, Any]:

@@ -19,7 +19,8 @@ from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 from markupsafe import Markup
 
-from labeler.api.deps import RepoDep, StoresDep, require_read
+from labeler.api.deps import MAX_OFFSET, RepoDep, StoresDep, require_read
+from labeler.api.routes.common import FeatureIndex
 from labeler.db import Repository
 from labeler.db.views import SaeView
 from labeler.examples.store import FeatureStore, StoreCache
@@ -33,6 +34,7 @@ templates = Jinja2Templates(directory=str(TEMPLATES_DIR))
 router = APIRouter(tags=["pages"], include_in_schema=False, dependencies=[Depends(require_read)])
 
 PAGE_SIZE = 50
+MAX_PAGE = MAX_OFFSET // PAGE_SIZE + 1  # the API's deepest offset; a larger page would overflow the database
 N_NEIGHBOURS = 10
 
 
@@ -110,7 +112,7 @@ def sae_list_page(request: Request, repo: RepoDep) -> HTMLResponse:
 @router.get("/features/{model}/{sae}", response_class=HTMLResponse)
 def sae_features_page(request: Request, repo: RepoDep, model: str, sae: str,
                       q: str | None = Query(None, max_length=200, description="search the explanations"),
-                      page: int = Query(1, ge=1), labeled: bool = Query(False)) -> HTMLResponse:
+                      page: int = Query(1, ge=1, le=MAX_PAGE), labeled: bool = Query(False)) -> HTMLResponse:
     info = _sae_or_404(repo, model, sae)
     q = (q or "").strip()
     if q:
@@ -158,5 +160,5 @@ def feature_context(repo: Repository, stores: StoreCache, model: str, sae: str, 
 
 @router.get("/features/{model}/{sae}/{index}", response_class=HTMLResponse)
 def feature_page(request: Request, repo: RepoDep, stores: StoresDep, model: str, sae: str,
-                 index: int) -> HTMLResponse:
+                 index: int = FeatureIndex) -> HTMLResponse:
     return templates.TemplateResponse(request, "feature.html", feature_context(repo, stores, model, sae, index))

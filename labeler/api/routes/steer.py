@@ -19,7 +19,7 @@ from fastapi.responses import HTMLResponse
 from pydantic import ValidationError
 
 from labeler.api.deps import RepoDep, SettingsDep, StoresDep, require_read, require_write
-from labeler.api.routes.common import sae_or_404
+from labeler.api.routes.common import FeatureIndex, sae_or_404
 from labeler.api.routes.pages import feature_context, templates
 from labeler.api.schemas import ActivationsOut, ActivationsRequest, SteerOut, SteerRequest
 from labeler.core.errors import InputError
@@ -133,7 +133,7 @@ def _render(request: Request, repo: Repository, stores: StoreCache, model: str, 
 
 @pages.post("/features/{model}/{sae}/{index}/steer", response_class=HTMLResponse)
 async def steer_form(request: Request, repo: RepoDep, stores: StoresDep, subjects: SubjectsDep,
-                     settings: SettingsDep, model: str, sae: str, index: int) -> HTMLResponse:
+                     settings: SettingsDep, model: str, sae: str, index: int = FeatureIndex) -> HTMLResponse:
     form = await _form(request)
 
     def compute(_ctx: dict) -> dict:
@@ -154,7 +154,7 @@ async def steer_form(request: Request, repo: RepoDep, stores: StoresDep, subject
 
 @pages.post("/features/{model}/{sae}/{index}/activations", response_class=HTMLResponse)
 async def activations_form(request: Request, repo: RepoDep, stores: StoresDep, subjects: SubjectsDep,
-                           model: str, sae: str, index: int) -> HTMLResponse:
+                           model: str, sae: str, index: int = FeatureIndex) -> HTMLResponse:
     form = await _form(request)
 
     def compute(ctx: dict) -> dict:
