@@ -346,10 +346,15 @@ def _collect(todo: list[tuple[CollectConfig, Location]], *, progress: bool, log,
         manifests.append(manifest)
     load_s = time.monotonic() - t_load
     seen_before = [s.acc.tokens_seen for s in sinks]
-    stream_s = stream(subject, cfgs[0], sinks, 0, cfgs[0].n_target, progress=progress, stop_flag=stop_flag)
+    try:
+        stream_s = stream(subject, cfgs[0], sinks, 0, cfgs[0].n_target, progress=progress, stop_flag=stop_flag)
+        if any(sink.acc.windows_seen == 0 for sink in sinks):
+            raise InputError(f"corpus {cfgs[0].corpus.source!r} is empty: it gave no window of {cfgs[0].ctx_len} tokens")
+    except InputError as e:  # a bad corpus: the stores say so instead of looking like a running collect
+        for (_, loc), manifest in zip(todo, manifests):
+            loc.write_json(MANIFEST, {**manifest, "status": "failed", "error": str(e)})
+        raise
     for (cfg, loc), sink, manifest, before in zip(todo, sinks, manifests, seen_before):
-        if sink.acc.windows_seen == 0:
-            raise InputError(f"corpus {cfg.corpus.source!r} is empty: it gave no window of {cfg.ctx_len} tokens")
         sink.folder.flush_tokens()
         manifest["timing"] = {"load_s": round(load_s, 3), "stream_s": round(stream_s, 3),
                               "stream_tokens": sink.acc.tokens_seen - before,
