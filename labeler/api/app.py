@@ -25,7 +25,7 @@ def create_app(settings: Settings, repo: Repository | None = None, subjects: Sub
     """An app bound to ``repo`` (default: the database ``settings`` name) and to ``subjects``, the
     subject models that steering and activations run (default: a new cache, one model)."""
     from labeler.api.deps import LazyEmbedder
-    from labeler.api.routes import export, features, jobs, meta, pages, search, steer
+    from labeler.api.routes import export, features, jobs, login, meta, pages, search, steer
 
     repo = repo or Repository.open(settings.resolved_database_url)
     app = FastAPI(
@@ -64,6 +64,7 @@ def create_app(settings: Settings, repo: Repository | None = None, subjects: Sub
     for module in (meta, features, export, search, jobs, steer, pages):
         app.include_router(module.router)
     app.include_router(steer.pages)
+    login.install(app)
     return app
 
 

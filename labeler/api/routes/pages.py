@@ -19,8 +19,9 @@ from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 from markupsafe import Markup
 
-from labeler.api.deps import MAX_OFFSET, RepoDep, StoresDep, require_read
+from labeler.api.deps import MAX_OFFSET, RepoDep, StoresDep
 from labeler.api.routes.common import FeatureIndex
+from labeler.api.routes.login import require_read_page
 from labeler.db import Repository
 from labeler.db.views import SaeView
 from labeler.examples.store import FeatureStore, StoreCache
@@ -31,7 +32,7 @@ log = logging.getLogger(__name__)
 TEMPLATES_DIR = Path(__file__).resolve().parents[1] / "templates"
 templates = Jinja2Templates(directory=str(TEMPLATES_DIR))
 
-router = APIRouter(tags=["pages"], include_in_schema=False, dependencies=[Depends(require_read)])
+router = APIRouter(tags=["pages"], include_in_schema=False, dependencies=[Depends(require_read_page)])
 
 PAGE_SIZE = 50
 MAX_PAGE = MAX_OFFSET // PAGE_SIZE + 1  # the API's deepest offset; a larger page would overflow the database

@@ -11,7 +11,6 @@ the result: the pages stay script-free and work in any browser (and with curl).
 from __future__ import annotations
 
 from typing import Annotated
-from urllib.parse import parse_qs
 
 from fastapi import APIRouter, Body, Depends, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
@@ -19,7 +18,8 @@ from fastapi.responses import HTMLResponse
 from pydantic import ValidationError
 
 from labeler.api.deps import RepoDep, SettingsDep, StoresDep, require_read, require_write
-from labeler.api.routes.common import FeatureIndex, sae_or_404
+from labeler.api.routes.common import FeatureIndex, read_form, sae_or_404
+from labeler.api.routes.login import require_read_page
 from labeler.api.routes.pages import feature_context, templates
 from labeler.api.schemas import ActivationsOut, ActivationsRequest, SteerOut, SteerRequest
 from labeler.core.errors import InputError
@@ -29,10 +29,7 @@ from labeler.report.highlight import highlight_tokens
 from labeler.runs.subjects import SubjectCache
 
 router = APIRouter(prefix="/v1", tags=["steering"])
-pages = APIRouter(tags=["pages"], include_in_schema=False, dependencies=[Depends(require_read)])
-
-MAX_FORM_BYTES = 16_384
-
+pages = APIRouter(tags=["pages"], include_in_schema=False, dependencies=[Depends(require_read_page)])
 
 def _subjects(request: Request) -> SubjectCache:
     return request.app.state.subjects
@@ -101,14 +98,6 @@ def feature_activations(repo: RepoDep, stores: StoresDep, subjects: SubjectsDep,
 
 # -- the feature page's forms ----------------------------------------------------------------
 
-async def _form(request: Request) -> dict[str, str]:
-    raw = await request.body()
-    if len(raw) > MAX_FORM_BYTES:
-        raise HTTPException(status_code=413, detail=f"the form is larger than {MAX_FORM_BYTES} bytes")
-    fields = parse_qs(raw.decode("utf-8", errors="replace"), keep_blank_values=True)
-    return {k: v[-1] for k, v in fields.items()}
-
-
 def _message(e: ValidationError) -> str:
     parts = []
     for err in e.errors():
@@ -134,7 +123,7 @@ def _render(request: Request, repo: Repository, stores: StoreCache, model: str, 
 @pages.post("/features/{model}/{sae}/{index}/steer", response_class=HTMLResponse)
 async def steer_form(request: Request, repo: RepoDep, stores: StoresDep, subjects: SubjectsDep,
                      settings: SettingsDep, model: str, sae: str, index: int = FeatureIndex) -> HTMLResponse:
-    form = await _form(request)
+    form = await read_form(request)
 
     def compute(_ctx: dict) -> dict:
         require_write(settings, form.get("api_key") or None)
@@ -155,7 +144,7 @@ async def steer_form(request: Request, repo: RepoDep, stores: StoresDep, subject
 @pages.post("/features/{model}/{sae}/{index}/activations", response_class=HTMLResponse)
 async def activations_form(request: Request, repo: RepoDep, stores: StoresDep, subjects: SubjectsDep,
                            model: str, sae: str, index: int = FeatureIndex) -> HTMLResponse:
-    form = await _form(request)
+    form = await read_form(request)
 
     def compute(ctx: dict) -> dict:
         out = run_activations(repo, stores, subjects,
