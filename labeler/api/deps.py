@@ -6,6 +6,7 @@ from __future__ import annotations
 import secrets
 import threading
 from dataclasses import dataclass
+from urllib.parse import unquote
 from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Query, Request, Security
@@ -81,7 +82,8 @@ def read_key_ok(settings: Settings, key: str | None) -> bool:
 def can_read(request: Request, settings: Settings, header_key: str | None) -> bool:
     """The X-API-Key header or the login cookie (writes take the header only: a cookie rides
     along with requests the user did not mean to make)."""
-    return read_key_ok(settings, header_key) or read_key_ok(settings, request.cookies.get(READ_COOKIE))
+    cookie = request.cookies.get(READ_COOKIE)
+    return read_key_ok(settings, header_key) or read_key_ok(settings, unquote(cookie) if cookie else None)
 
 
 def require_read(request: Request, settings: SettingsDep, key: str | None = Security(API_KEY_HEADER)) -> None:

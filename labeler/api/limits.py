@@ -39,10 +39,8 @@ class BodySizeLimit:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         for name, value in scope.get("headers", ()):
-            if name == b"content-length":
-                # A declared length over the cap, or one that is not a number, is refused unread.
-                if not value.strip().isdigit() or int(value) > self.max_bytes:
-                    return await self._reject(send)
+            if name == b"content-length" and value.strip().isdigit() and int(value) > self.max_bytes:
+                return await self._reject(send)  # refused unread (the server rejects a length that is no number)
         received = 0
         started = False
 

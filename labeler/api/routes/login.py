@@ -9,6 +9,8 @@ history or get copied on.  A page opened without a valid key answers 401 with th
 
 from __future__ import annotations
 
+from urllib.parse import quote
+
 from fastapi import APIRouter, FastAPI, Request, Security
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
@@ -52,7 +54,8 @@ def require_read_page(request: Request, settings: SettingsDep, key: str | None =
 
 
 def _set_key_cookie(response: Response, request: Request, key: str) -> None:
-    response.set_cookie(READ_COOKIE, key, httponly=True, samesite="strict", path="/",
+    # quoted: a header is Latin-1, a key may be any text (deps.can_read unquotes it)
+    response.set_cookie(READ_COOKIE, quote(key, safe=""), httponly=True, samesite="strict", path="/",
                         secure=request.url.scheme == "https")
 
 
@@ -90,7 +93,8 @@ async def login(request: Request, settings: SettingsDep) -> Response:
     if not key or not read_key_ok(settings, key):
         return _login_page(request, next_url, "that key is not valid here", 401)
     response = RedirectResponse(next_url, status_code=303)
-    _set_key_cookie(response, request, key)
+    if settings.api_read_key:  # without a read key every page is open: nothing to keep
+        _set_key_cookie(response, request, key)
     return response
 
 

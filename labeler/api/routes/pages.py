@@ -20,7 +20,7 @@ from fastapi.templating import Jinja2Templates
 from markupsafe import Markup
 
 from labeler.api.deps import MAX_OFFSET, RepoDep, StoresDep
-from labeler.api.routes.common import FeatureIndex
+from labeler.api.routes.common import FeatureIndex, sae_or_404
 from labeler.api.routes.login import require_read_page
 from labeler.db import Repository
 from labeler.db.views import SaeView
@@ -99,10 +99,8 @@ def histogram_svg(edges: list[float], counts: list[int], width: int = 360, heigh
 
 
 def _sae_or_404(repo: RepoDep, model: str, sae: str) -> SaeView:
-    sae_id = repo.catalog.sae_id_for(model, sae)
-    if sae_id is None:
-        raise HTTPException(status_code=404, detail=f"no SAE {model}/{sae}")
-    return repo.catalog.sae(sae_id)
+    # the API's lookup: names slugified first (which also keeps a NUL byte away from PostgreSQL)
+    return repo.catalog.sae(sae_or_404(repo, model, sae))
 
 
 @router.get("/", response_class=HTMLResponse)
