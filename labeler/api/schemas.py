@@ -63,8 +63,8 @@ class ModelPage(Page[ModelView]):
 
 
 class SaeOut(SaeView):
-    """An SAE as API readers see it: without the server's path to its collect store (a
-    filesystem layout is the operator's business; `labeler db saes` shows it)."""
+    """An SAE as API readers see it: without the server's path to its collect store (the
+    server's filesystem is its operator's business)."""
 
     store_path: SkipJsonSchema[str | None] = Field(None, exclude=True)
 
@@ -90,8 +90,8 @@ class NeighbourList(BaseModel):
 
 
 class JobOut(JobView):
-    """A job as API readers see it: its spec without the server's store path (``labeler jobs``
-    shows it)."""
+    """A job as API readers see it: its spec without the server's store path (``labeler jobs
+    --json`` on the server shows it)."""
 
     @field_serializer("spec")
     def _spec_without_store(self, spec: dict[str, Any]) -> dict[str, Any]:
