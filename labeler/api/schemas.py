@@ -8,7 +8,7 @@ from typing import Annotated, Any, Generic, Literal, TypeVar
 from pydantic import BaseModel, Field, field_serializer, model_validator
 from pydantic.json_schema import SkipJsonSchema
 
-from labeler.db.views import FeatureSummary, FeatureView, JobView, ModelView, SaeView, SearchHit
+from labeler.db.views import FeatureSummary, FeatureView, JobError, JobView, ModelView, SaeView, SearchHit
 
 MAX_BATCH = 1000
 MAX_INDEX = 2**31 - 1  # feature indices fit a 32-bit column; larger ones would overflow the database's integer
@@ -96,6 +96,13 @@ class JobOut(JobView):
     @field_serializer("spec")
     def _spec_without_store(self, spec: dict[str, Any]) -> dict[str, Any]:
         return {k: v for k, v in spec.items() if k != "store"}
+
+    @field_serializer("errors")
+    def _errors_without_store(self, errors: list[JobError]) -> list[dict[str, Any]]:
+        # a failure's reason often names the store ("store /srv/...: shard ... is corrupt")
+        store = str(self.spec.get("store") or "")
+        return [{**e.model_dump(), "error": e.error.replace(store, "<store>") if store and e.error else e.error}
+                for e in errors]
 
 
 class JobPage(Page[JobOut]):

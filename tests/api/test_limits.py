@@ -103,8 +103,11 @@ def test_readers_do_not_see_server_paths(api, tiny_store_path):
 
     runner = client.app.state.runner
     job_id = runner.create_job(make_job_spec(tiny_store_path, LabelSpec(explainer="baseline"), runner.settings), [1])
+    spec_store = str(runner.repo.jobs.info(job_id).spec["store"])
+    repo.jobs.mark_feature(job_id, 1, "failed", error=f"InputError: store {spec_store}: shard is corrupt")
     for url in ("/v1/saes", f"/v1/jobs/{job_id}", "/v1/jobs", f"/v1/models/{repo.catalog.sae(sae_id).model}/saes"):
         text = client.get(url).text
         assert str(tiny_store_path) not in text and "store_path" not in text, url
     spec = client.get(f"/v1/jobs/{job_id}").json()["spec"]
     assert "store" not in spec and spec["label"]["explainer"] == "baseline"
+    assert client.get(f"/v1/jobs/{job_id}").json()["errors"][0]["error"] == "InputError: store <store>: shard is corrupt"

@@ -10,6 +10,7 @@ the result: the pages stay script-free and work in any browser (and with curl).
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Depends, HTTPException, Request
@@ -28,6 +29,7 @@ from labeler.examples.store import StoreCache
 from labeler.report.highlight import highlight_tokens
 from labeler.runs.subjects import SubjectCache
 
+log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1", tags=["steering"])
 pages = APIRouter(tags=["pages"], include_in_schema=False, dependencies=[Depends(require_read_page)])
 
@@ -49,7 +51,13 @@ def _subject(repo: Repository, stores: StoreCache, subjects: SubjectCache, model
         raise HTTPException(status_code=422, detail=f"{model}/{sae} has no registered store: the model, "
                                                     f"hookpoint and SAE are read from it")
     try:
-        return subjects.get(stores.get(info.store_path))
+        store = stores.get(info.store_path)
+    except Exception as e:  # the reason names the server's path: logged, not shown to a reader
+        log.info("store %s not readable here: %s", info.store_path, e)
+        raise HTTPException(status_code=422, detail=f"{model}/{sae}: its collect store is not readable from "
+                                                    f"this server") from None
+    try:
+        return subjects.get(store)
     except InputError as e:
         raise HTTPException(status_code=422, detail=str(e)) from None
 
