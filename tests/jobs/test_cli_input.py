@@ -39,6 +39,8 @@ def test_every_feature_failing_exits_non_zero_with_the_reason(tiny_store, alive_
     shutil.copytree(tiny_store, store)
     first = ",".join(map(str, alive_features[:2]))
     assert run(["label", str(store), "--features", first, "--scorers", "embedding"], db).returncode == 0
+    out = run(["report", "--sae", "1", "--features", "", "--out", str(tmp_path / "r.html")], db)
+    assert out.returncode == 2 and "feature range is empty" in out.stderr  # not "every feature"
     for shard in (store / "features").iterdir():  # the store goes bad after it was registered
         shard.write_bytes(os.urandom(shard.stat().st_size))
     rest = ",".join(map(str, alive_features[2:4]))
