@@ -49,3 +49,14 @@ def test_collect_on_a_bad_corpus_fails_clearly_and_marks_the_store(inputs, corpu
     assert manifest["status"] == "failed" and "not valid UTF-8" in manifest["error"]
     code, text = run_cli(["inspect", str(out), "--feature", "0"], capsys)
     assert code == 2 and "failed" in text and "UTF-8" in " ".join(text.split())
+
+
+def test_a_collect_part_on_a_bad_corpus_marks_the_store_too(inputs, corpus, tmp_path, capsys):
+    bad = tmp_path / "mixed.jsonl"
+    bad.write_bytes(corpus.read_bytes() + b'{"text": "\xff broken"}\n')
+    out = tmp_path / "store"
+    code, text = run_cli(["collect", "--model", str(inputs / "gpt2"), "--hook", HOOKS["gpt2"], "--tokens", "1000000",
+                          "--ctx-len", "16", "--no-progress", "--corpus", str(bad), "--out", str(out),
+                          "--features", "0:4"], capsys)
+    assert code == 2 and "byte offset" in " ".join(text.split()), text
+    assert json.loads((out / "manifest.json").read_text())["status"] == "failed"
