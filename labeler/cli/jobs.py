@@ -274,6 +274,7 @@ def submit(store: Optional[Path] = typer.Option(None, "--store", help="collect s
         info = runner.wait(job_id, timeout_s=7 * 24 * 3600)
         _print_job(info, as_json)
         _exit_if_budget_reached(info)
+        _exit_if_every_feature_failed(info)
     elif as_json:
         print(json.dumps({"job_id": job_id}))
 
