@@ -6,8 +6,8 @@ from __future__ import annotations
 import secrets
 import threading
 from dataclasses import dataclass
-from urllib.parse import unquote
 from typing import Annotated, Any
+from urllib.parse import unquote
 
 from fastapi import Depends, HTTPException, Query, Request, Security
 from fastapi.security import APIKeyHeader
