@@ -10,6 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 import labeler
+from labeler.api.limits import BodySizeLimit
 from labeler.core.config import Settings, get_settings
 from labeler.core.errors import LabelerError
 from labeler.db import Repository
@@ -24,7 +25,7 @@ def create_app(settings: Settings, repo: Repository | None = None, subjects: Sub
     """An app bound to ``repo`` (default: the database ``settings`` name) and to ``subjects``, the
     subject models that steering and activations run (default: a new cache, one model)."""
     from labeler.api.deps import LazyEmbedder
-    from labeler.api.routes import export, features, jobs, meta, pages, search, steer
+    from labeler.api.routes import export, features, jobs, login, meta, pages, search, steer
 
     repo = repo or Repository.open(settings.resolved_database_url)
     app = FastAPI(
@@ -59,9 +60,11 @@ def create_app(settings: Settings, repo: Repository | None = None, subjects: Sub
             "message": f"{where}: {first.get('msg', 'invalid request')}",
         })
 
+    app.add_middleware(BodySizeLimit, max_bytes=settings.api_max_body_bytes)
     for module in (meta, features, export, search, jobs, steer, pages):
         app.include_router(module.router)
     app.include_router(steer.pages)
+    login.install(app)
     return app
 
 

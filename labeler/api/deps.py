@@ -7,6 +7,7 @@ import secrets
 import threading
 from dataclasses import dataclass
 from typing import Annotated, Any
+from urllib.parse import unquote
 
 from fastapi import Depends, HTTPException, Query, Request, Security
 from fastapi.security import APIKeyHeader
@@ -19,6 +20,9 @@ from labeler.runs.runner import Runner
 API_KEY_HEADER = APIKeyHeader(name="X-API-Key", auto_error=False,
                               description="Needed for writes (settings.api_write_key) and, when "
                                           "settings.api_read_key is set, for reads too.")
+# A browser cannot send the header: the pages' login (labeler.api.routes.login) stores the key
+# in this HttpOnly, SameSite=Strict cookie, and reads accept it like the header.
+READ_COOKIE = "labeler_key"
 MAX_LIMIT = 1000
 MAX_OFFSET = 10_000_000
 
@@ -70,9 +74,22 @@ def _matches(given: str | None, expected: str | None) -> bool:
     return bool(given) and bool(expected) and secrets.compare_digest(given.encode(), expected.encode())
 
 
-def require_read(settings: SettingsDep, key: str | None = Security(API_KEY_HEADER)) -> None:
-    if settings.api_read_key and not (_matches(key, settings.api_read_key) or _matches(key, settings.api_write_key)):
-        raise HTTPException(status_code=401, detail="reading needs a valid X-API-Key header")
+def read_key_ok(settings: Settings, key: str | None) -> bool:
+    """Whether ``key`` may read: anything when no read key is set, else the read or write key."""
+    return not settings.api_read_key or _matches(key, settings.api_read_key) or _matches(key, settings.api_write_key)
+
+
+def can_read(request: Request, settings: Settings, header_key: str | None) -> bool:
+    """The X-API-Key header or the login cookie (writes take the header only: a cookie rides
+    along with requests the user did not mean to make)."""
+    cookie = request.cookies.get(READ_COOKIE)
+    return read_key_ok(settings, header_key) or read_key_ok(settings, unquote(cookie) if cookie else None)
+
+
+def require_read(request: Request, settings: SettingsDep, key: str | None = Security(API_KEY_HEADER)) -> None:
+    if not can_read(request, settings, key):
+        raise HTTPException(status_code=401, detail="reading needs a valid X-API-Key header "
+                                                    "(in a browser: open /login)")
 
 
 def require_write(settings: SettingsDep, key: str | None = Security(API_KEY_HEADER)) -> None:

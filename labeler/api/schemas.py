@@ -3,14 +3,17 @@ extended where the API adds something (contexts from the store, pagination)."""
 
 from __future__ import annotations
 
-from typing import Any, Generic, Literal, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, field_serializer, model_validator
+from pydantic.json_schema import SkipJsonSchema
 
-from labeler.db.views import FeatureSummary, FeatureView, JobView, ModelView, SaeView, SearchHit
+from labeler.db.views import FeatureSummary, FeatureView, JobError, JobView, ModelView, SaeView, SearchHit
 
 MAX_BATCH = 1000
+MAX_INDEX = 2**31 - 1  # feature indices fit a 32-bit column; larger ones would overflow the database's integer
 T = TypeVar("T")
+FeatureIndexValue = Annotated[int, Field(ge=0, le=MAX_INDEX)]
 
 
 class Health(BaseModel):
@@ -59,7 +62,14 @@ class ModelPage(Page[ModelView]):
     pass
 
 
-class SaePage(Page[SaeView]):
+class SaeOut(SaeView):
+    """An SAE as API readers see it: without the server's path to its collect store (the
+    server's filesystem is its operator's business)."""
+
+    store_path: SkipJsonSchema[str | None] = Field(None, exclude=True)
+
+
+class SaePage(Page[SaeOut]):
     pass
 
 
@@ -79,12 +89,28 @@ class NeighbourList(BaseModel):
     items: list[Neighbour] = Field(description="nearest first; empty for a neuron basis")
 
 
-class JobPage(Page[JobView]):
+class JobOut(JobView):
+    """A job as API readers see it: its spec without the server's store path (``labeler jobs
+    --json`` on the server shows it)."""
+
+    @field_serializer("spec")
+    def _spec_without_store(self, spec: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in spec.items() if k != "store"}
+
+    @field_serializer("errors")
+    def _errors_without_store(self, errors: list[JobError]) -> list[dict[str, Any]]:
+        # a failure's reason often names the store ("store /srv/...: shard ... is corrupt")
+        store = str(self.spec.get("store") or "")
+        return [{**e.model_dump(), "error": e.error.replace(store, "<store>") if store and e.error else e.error}
+                for e in errors]
+
+
+class JobPage(Page[JobOut]):
     pass
 
 
 class BatchRequest(BaseModel):
-    indices: list[int] = Field(..., min_length=1, max_length=MAX_BATCH)
+    indices: list[FeatureIndexValue] = Field(..., min_length=1, max_length=MAX_BATCH)
 
 
 class BatchOut(BaseModel):
@@ -96,7 +122,8 @@ class JobRequest(BaseModel):
     model: str | None = Field(None, description="model slug (with sae): use the SAE's registered store")
     sae: str | None = None
     store_path: str | None = Field(None, description="collect store to label (overrides model/sae)")
-    features: str | list[int] = Field(..., description='indices, or a range like "0:100" / "1,5,9" / "all"')
+    features: Annotated[str, Field(max_length=10_000)] | list[FeatureIndexValue] = Field(
+        ..., description='indices, or a range like "0:100" / "1,5,9" / "all"')
     spec: dict[str, Any] = Field(default_factory=dict, description="labeler.runs.spec.LabelSpec fields")
 
 
@@ -111,7 +138,7 @@ MAX_TEXT_CHARS = 2000
 class _FeatureTarget(BaseModel):
     model: str = Field(..., min_length=1, max_length=200, description="model slug (GET /v1/saes)")
     sae: str = Field(..., min_length=1, max_length=200, description="SAE slug")
-    feature: int = Field(..., ge=0, le=2**31 - 1, description="feature index")
+    feature: int = Field(..., ge=0, le=MAX_INDEX, description="feature index")
 
 
 class SteerRequest(_FeatureTarget):

@@ -136,6 +136,7 @@ def _run_stage(verb: str, store: Path, features: str, label: LabelSpec, stages: 
             print(total.message)
     if total.budget_exceeded:
         raise typer.Exit(3)
+    _exit_if_every_feature_failed(job)
 
 
 def _run_with_progress(runner: Runner, job_id: int) -> list[ChunkResult]:
@@ -206,6 +207,20 @@ def label(store: Path = StoreArg, features: str = FeaturesOpt, explainer: Option
     _run_with_progress(runner, job_id)
     _print_job(runner.progress(job_id), as_json)
     _exit_if_budget_reached(runner.progress(job_id))
+    _exit_if_every_feature_failed(runner.progress(job_id))
+
+
+def _exit_if_every_feature_failed(info: JobView) -> None:
+    """Exit 1 with the first reason when nothing succeeded (a corrupt store, a dead endpoint):
+    a script must not read "0 done, all failed" as success."""
+    from rich.console import Console
+
+    c = info.counts
+    if c.get("failed", 0) and not c.get("done", 0) and not c.get("pending", 0):
+        reason = info.errors[0].error if info.errors else "see `labeler jobs " + str(info.id) + "`"
+        Console(stderr=True).print(f"[bold red]error:[/] every feature of job {info.id} failed "
+                                   f"({c['failed']}); first reason: {reason}", highlight=False)
+        raise typer.Exit(1)
 
 
 def _exit_if_budget_reached(info: JobView) -> None:
@@ -260,6 +275,7 @@ def submit(store: Optional[Path] = typer.Option(None, "--store", help="collect s
         info = runner.wait(job_id, timeout_s=7 * 24 * 3600)
         _print_job(info, as_json)
         _exit_if_budget_reached(info)
+        _exit_if_every_feature_failed(info)
     elif as_json:
         print(json.dumps({"job_id": job_id}))
 

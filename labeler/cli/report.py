@@ -30,7 +30,7 @@ def report_cmd(
 
     repo = Repository.open(database_url or get_settings().resolved_database_url)
     info = repo.catalog.resolve_sae(sae)
-    feats = parse_feature_range(features, info.n_features) if features else None
+    feats = parse_feature_range(features, info.n_features) if features is not None else None  # "" is refused
     with console.status("building report..."):
         paths = build_report(repo, info.id, out, title=title, store_path=str(store) if store else None,
                              features=feats)

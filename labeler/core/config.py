@@ -104,6 +104,10 @@ class Settings(BaseSettings):
     api_port: int = 8000
     api_write_key: str | None = None  # required for write endpoints when set
     api_read_key: str | None = None  # when set, reads need it too
+    # Request-size caps (413 above them): a body's bytes, and the features one job may name
+    # (a range is counted, never built, so "0:30000000" costs nothing to refuse).
+    api_max_body_bytes: int = 1_048_576
+    api_max_job_features: int = 1_048_576
 
     # --- paths ------------------------------------------------------------------------------
     prompts_dir: Path | None = None  # default: the repository's prompts/ folder

@@ -58,13 +58,34 @@ def _list_files(path: Path) -> list[Path]:
     return sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in _FILE_SUFFIXES)
 
 
+def _decode(data: bytes, path: Path, offset: int, lineno: int | None = None) -> str:
+    """UTF-8 text, or an InputError naming the file, the line and the byte offset: a corpus in
+    another encoding (or not text at all) must not be collected as mojibake."""
+    where = f"line {lineno}, " if lineno is not None else ""
+    try:
+        text, bad = data.decode("utf-8"), None
+    except UnicodeDecodeError as e:
+        text, bad = None, e
+    nul = data.find(b"\x00", 0, bad.start if bad else len(data))
+    if nul >= 0:  # valid UTF-8, but binary (or UTF-16) all the same
+        raise InputError(f"corpus file {path}: {where}byte offset {offset + nul} is a NUL byte: this is not a "
+                         f"text file (UTF-8 text expected)")
+    if bad is not None:
+        raise InputError(f"corpus file {path}: {where}byte offset {offset + bad.start} is not valid UTF-8 "
+                         f"({bad.reason}); convert the file to UTF-8 (e.g. iconv -t UTF-8) or remove it")
+    return text
+
+
 def _iter_file(path: Path, text_field: str) -> Iterator[str]:
     try:
         if path.suffix == ".txt":
-            yield path.read_text(encoding="utf-8", errors="replace")
+            yield _decode(path.read_bytes(), path, 0)
         elif path.suffix in (".jsonl", ".json"):
-            with path.open(encoding="utf-8") as fh:
-                for lineno, line in enumerate(fh, 1):
+            with path.open("rb") as fh:
+                offset = 0
+                for lineno, raw in enumerate(fh, 1):
+                    line = _decode(raw, path, offset, lineno)
+                    offset += len(raw)
                     if not line.strip():
                         continue
                     try:

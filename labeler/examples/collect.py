@@ -139,6 +139,13 @@ def check_existing(loc: Location, identity: dict, force: bool) -> str | None:
     return "complete" if manifest.get("status") == "complete" else "partial"
 
 
+def record_failure(loc: Location, manifest: dict, error: Exception) -> None:
+    """A collect stopped by bad input (a corpus that is not UTF-8 text, an empty one): the
+    manifest says so, with the reason, instead of looking like a collect still running.  The
+    same command resumes once the input is fixed."""
+    loc.write_json(MANIFEST, {**manifest, "status": "failed", "error": str(error)})
+
+
 def clear(loc: Location) -> None:
     for name in ("features", CHECKPOINT, "parts", "tokens.npy", "stats.safetensors", "decoder.safetensors",
                  "random.safetensors", "hard_negatives.safetensors", "neighbours.safetensors", "vocab.json", MANIFEST):
@@ -354,10 +361,15 @@ def _collect(todo: list[tuple[CollectConfig, Location]], *, progress: bool, log,
         manifests.append(manifest)
     load_s = time.monotonic() - t_load
     seen_before = [s.acc.tokens_seen for s in sinks]
-    stream_s = stream(subject, cfgs[0], sinks, 0, cfgs[0].n_target, progress=progress, stop_flag=stop_flag)
+    try:
+        stream_s = stream(subject, cfgs[0], sinks, 0, cfgs[0].n_target, progress=progress, stop_flag=stop_flag)
+        if any(sink.acc.windows_seen == 0 for sink in sinks):
+            raise InputError(f"corpus {cfgs[0].corpus.source!r} is empty: it gave no window of {cfgs[0].ctx_len} tokens")
+    except InputError as e:
+        for (_, loc), manifest in zip(todo, manifests):
+            record_failure(loc, manifest, e)
+        raise
     for (cfg, loc), sink, manifest, before in zip(todo, sinks, manifests, seen_before):
-        if sink.acc.windows_seen == 0:
-            raise InputError(f"corpus {cfg.corpus.source!r} is empty: it gave no window of {cfg.ctx_len} tokens")
         sink.folder.flush_tokens()
         manifest["timing"] = {"load_s": round(load_s, 3), "stream_s": round(stream_s, 3),
                               "stream_tokens": sink.acc.tokens_seen - before,

@@ -21,7 +21,7 @@ from labeler.core.errors import ConfigError, InputError
 from labeler.corpus import CorpusSpec
 from labeler.examples.accumulate import Accumulator, SplitSizes, block_bounds
 from labeler.examples.collect import (CollectConfig, base_manifest, check_existing, clear, config_hash, load_subject,
-                                      open_encoder, stream, write_outputs)
+                                      open_encoder, record_failure, stream, write_outputs)
 from labeler.examples.finalize import finalize_store, token_strings
 from labeler.examples.storage import Location
 from labeler.examples.store import MANIFEST
@@ -156,7 +156,11 @@ def run_part(cfg: CollectConfig, out: str | Path, part: PartSpec, *, progress: b
             encoder.W_dec = None
         sink = Sink(encoder, acc, folder, 0, pool_rates(cfg.pool_sizes(nonneg), cfg.n_target, cfg.split_percent),
                     cfg.accumulate_threads)
-        stream(subject, cfg, [sink], part.windows[0], part.windows[1], progress=progress, stop_flag=stop_flag)
+        try:
+            stream(subject, cfg, [sink], part.windows[0], part.windows[1], progress=progress, stop_flag=stop_flag)
+        except InputError as e:
+            record_failure(loc, manifest, e)
+            raise
         folder.save(acc, status="done")
     finally:
         stop_flag.restore()

@@ -81,6 +81,9 @@ class FeatureStore:
         if manifest is None:
             raise InputError(f"{self.loc} is not a labeler store (no {MANIFEST}); create one with `labeler collect`")
         self.manifest: dict = manifest
+        if self.manifest.get("status") == "failed":
+            raise InputError(f"store {self.loc}: its collect failed ({self.manifest.get('error')}); fix that and run "
+                             f"the same `labeler collect` command again")
         if self.manifest.get("status") != "complete":
             raise InputError(
                 f"store {self.loc} is unfinished (status {self.manifest.get('status')!r}); "

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
+import html
 import json
+import re
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +48,20 @@ def _ci(interval: Any) -> str:
 
 
 _ENV.filters["ci"] = _ci
+
+# What makes Markdown markup mid-line: emphasis, code, links/images, table cells, strikethrough,
+# headings; a backslash first so escapes stay escapes.  (<, > and & become entities.)
+_MD_SPECIAL = re.compile(r"([\\`*_\[\]|~#])")
+
+
+def markdown_text(v: Any) -> str:
+    """Text (an explanation, a title, a label) as literal Markdown: on one line (a newline could
+    start a heading, a list or a raw HTML block), HTML as entities, markup characters escaped."""
+    one_line = " ".join(str(v).split())
+    return _MD_SPECIAL.sub(r"\\\1", html.escape(one_line, quote=False))
+
+
+_ENV.filters["md"] = markdown_text
 
 
 @dataclass

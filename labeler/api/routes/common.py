@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
-from fastapi import HTTPException, Path
+from urllib.parse import parse_qs
 
-from labeler.api.schemas import Context
+from fastapi import HTTPException, Path, Request
+
+from labeler.api.schemas import MAX_INDEX, Context
 from labeler.core.naming import slugify
 from labeler.db import Repository
 from labeler.examples.store import StoreCache
 from labeler.records import FeatureRecord
 
-MAX_INDEX = 2**31 - 1
+log = logging.getLogger(__name__)
+MAX_FORM_BYTES = 16_384
 ModelSlug = Path(..., max_length=200, description="model slug, e.g. eleutherai--pythia-70m")
 SaeSlug = Path(..., max_length=200, description="SAE slug")
 FeatureIndex = Path(..., ge=0, le=MAX_INDEX, description="feature index")
@@ -36,7 +40,9 @@ def store_record(stores: StoreCache, store_path: str | None, index: int) -> tupl
             return None, f"the store has {store.n_features} features"
         return store.feature(index), None
     except Exception as e:  # the store may live on another machine: the API still answers
-        return None, f"store not readable here: {e}"
+        # The reason names the server's path: logged for the operator, not shown to readers.
+        log.info("store %s not readable here: %s", store_path, e)
+        return None, "the SAE's collect store is not readable from this server"
 
 
 def store_fields(stores: StoreCache, store_path: str | None, index: int, n_contexts: int) -> dict[str, Any]:
@@ -51,3 +57,12 @@ def store_fields(stores: StoreCache, store_path: str | None, index: int, n_conte
         out["contexts"] = [Context(window=e.window, split=e.split, tokens=e.tokens, activations=e.activations,
                                    max_activation=e.max_activation) for e in top]
     return out
+
+
+async def read_form(request: Request) -> dict[str, str]:
+    """An urlencoded form body (the pages' forms; last value of a repeated field wins)."""
+    raw = await request.body()
+    if len(raw) > MAX_FORM_BYTES:
+        raise HTTPException(status_code=413, detail=f"the form is larger than {MAX_FORM_BYTES} bytes")
+    fields = parse_qs(raw.decode("utf-8", errors="replace"), keep_blank_values=True)
+    return {k: v[-1] for k, v in fields.items()}

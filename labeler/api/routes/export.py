@@ -6,6 +6,7 @@ neuronpedia`` answers a tar archive of Neuronpedia's import layout (``labeler.ex
 
 from __future__ import annotations
 
+import logging
 import shutil
 import tarfile
 import tempfile
@@ -20,6 +21,7 @@ from labeler.api.deps import RepoDep, StoresDep, require_read
 from labeler.api.routes.common import ModelSlug, SaeSlug, sae_or_404
 from labeler.export import default_source, export_neuronpedia, feature_lines
 
+log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1", tags=["export"], dependencies=[Depends(require_read)])
 
 @router.get("/export/{model}/{sae}",
@@ -45,8 +47,10 @@ def export_sae(repo: RepoDep, stores: StoresDep, model: str = ModelSlug, sae: st
                                           f'attachment; filename="{info.model}__{info.sae}.labeler.jsonl"'})
     try:
         store = stores.get(info.store_path or "")
-    except Exception as e:  # the store may live on another machine
-        raise HTTPException(status_code=409, detail=f"the SAE's collect store is not readable here: {e}") from None
+    except Exception as e:  # the store may live on another machine; its path is not the reader's business
+        log.info("store %s not readable here: %s", info.store_path, e)
+        raise HTTPException(status_code=409, detail="the SAE's collect store is not readable from this server, "
+                                                    "so its Neuronpedia export cannot be built here") from None
     source = default_source(store.manifest, model_id=neuronpedia_model_id, source_id=neuronpedia_source,
                             creator_id=creator_id, release=release)
     work = Path(tempfile.mkdtemp(prefix="labeler-np-export-"))

@@ -22,8 +22,6 @@ def get_features_batch(repo: RepoDep, stores: StoresDep, model: str = ModelSlug,
     """Several features by index (at most 1000); unknown indices are listed in ``missing``.  With
     ``contexts`` > 0 each also gets its store's promoted / suppressed tokens."""
     sae_id = sae_or_404(repo, model, sae)
-    if any(i < 0 for i in body.indices):
-        raise HTTPException(status_code=422, detail="feature indices must be >= 0")
     items = [FeatureOut(**v.model_dump()) for v in repo.reads.features(sae_id, body.indices)]
     found = {v.index for v in items}
     if contexts:

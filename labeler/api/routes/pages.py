@@ -19,7 +19,9 @@ from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 from markupsafe import Markup
 
-from labeler.api.deps import RepoDep, StoresDep, require_read
+from labeler.api.deps import MAX_OFFSET, RepoDep, StoresDep
+from labeler.api.routes.common import FeatureIndex, sae_or_404
+from labeler.api.routes.login import require_read_page
 from labeler.db import Repository
 from labeler.db.views import SaeView
 from labeler.examples.store import FeatureStore, StoreCache
@@ -30,9 +32,10 @@ log = logging.getLogger(__name__)
 TEMPLATES_DIR = Path(__file__).resolve().parents[1] / "templates"
 templates = Jinja2Templates(directory=str(TEMPLATES_DIR))
 
-router = APIRouter(tags=["pages"], include_in_schema=False, dependencies=[Depends(require_read)])
+router = APIRouter(tags=["pages"], include_in_schema=False, dependencies=[Depends(require_read_page)])
 
 PAGE_SIZE = 50
+MAX_PAGE = MAX_OFFSET // PAGE_SIZE + 1  # the API's deepest offset; a larger page would overflow the database
 N_NEIGHBOURS = 10
 
 
@@ -96,10 +99,8 @@ def histogram_svg(edges: list[float], counts: list[int], width: int = 360, heigh
 
 
 def _sae_or_404(repo: RepoDep, model: str, sae: str) -> SaeView:
-    sae_id = repo.catalog.sae_id_for(model, sae)
-    if sae_id is None:
-        raise HTTPException(status_code=404, detail=f"no SAE {model}/{sae}")
-    return repo.catalog.sae(sae_id)
+    # the API's lookup: names slugified first (which also keeps a NUL byte away from PostgreSQL)
+    return repo.catalog.sae(sae_or_404(repo, model, sae))
 
 
 @router.get("/", response_class=HTMLResponse)
@@ -110,7 +111,7 @@ def sae_list_page(request: Request, repo: RepoDep) -> HTMLResponse:
 @router.get("/features/{model}/{sae}", response_class=HTMLResponse)
 def sae_features_page(request: Request, repo: RepoDep, model: str, sae: str,
                       q: str | None = Query(None, max_length=200, description="search the explanations"),
-                      page: int = Query(1, ge=1), labeled: bool = Query(False)) -> HTMLResponse:
+                      page: int = Query(1, ge=1, le=MAX_PAGE), labeled: bool = Query(False)) -> HTMLResponse:
     info = _sae_or_404(repo, model, sae)
     q = (q or "").strip()
     if q:
@@ -158,5 +159,5 @@ def feature_context(repo: Repository, stores: StoreCache, model: str, sae: str, 
 
 @router.get("/features/{model}/{sae}/{index}", response_class=HTMLResponse)
 def feature_page(request: Request, repo: RepoDep, stores: StoresDep, model: str, sae: str,
-                 index: int) -> HTMLResponse:
+                 index: int = FeatureIndex) -> HTMLResponse:
     return templates.TemplateResponse(request, "feature.html", feature_context(repo, stores, model, sae, index))

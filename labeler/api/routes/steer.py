@@ -10,8 +10,8 @@ the result: the pages stay script-free and work in any browser (and with curl).
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated
-from urllib.parse import parse_qs
 
 from fastapi import APIRouter, Body, Depends, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
@@ -19,7 +19,8 @@ from fastapi.responses import HTMLResponse
 from pydantic import ValidationError
 
 from labeler.api.deps import RepoDep, SettingsDep, StoresDep, require_read, require_write
-from labeler.api.routes.common import sae_or_404
+from labeler.api.routes.common import FeatureIndex, read_form, sae_or_404
+from labeler.api.routes.login import require_read_page
 from labeler.api.routes.pages import feature_context, templates
 from labeler.api.schemas import ActivationsOut, ActivationsRequest, SteerOut, SteerRequest
 from labeler.core.errors import InputError
@@ -28,11 +29,9 @@ from labeler.examples.store import StoreCache
 from labeler.report.highlight import highlight_tokens
 from labeler.runs.subjects import SubjectCache
 
+log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1", tags=["steering"])
-pages = APIRouter(tags=["pages"], include_in_schema=False, dependencies=[Depends(require_read)])
-
-MAX_FORM_BYTES = 16_384
-
+pages = APIRouter(tags=["pages"], include_in_schema=False, dependencies=[Depends(require_read_page)])
 
 def _subjects(request: Request) -> SubjectCache:
     return request.app.state.subjects
@@ -52,7 +51,13 @@ def _subject(repo: Repository, stores: StoreCache, subjects: SubjectCache, model
         raise HTTPException(status_code=422, detail=f"{model}/{sae} has no registered store: the model, "
                                                     f"hookpoint and SAE are read from it")
     try:
-        return subjects.get(stores.get(info.store_path))
+        store = stores.get(info.store_path)
+    except Exception as e:  # the reason names the server's path: logged, not shown to a reader
+        log.info("store %s not readable here: %s", info.store_path, e)
+        raise HTTPException(status_code=422, detail=f"{model}/{sae}: its collect store is not readable from "
+                                                    f"this server") from None
+    try:
+        return subjects.get(store)
     except InputError as e:
         raise HTTPException(status_code=422, detail=str(e)) from None
 
@@ -101,14 +106,6 @@ def feature_activations(repo: RepoDep, stores: StoresDep, subjects: SubjectsDep,
 
 # -- the feature page's forms ----------------------------------------------------------------
 
-async def _form(request: Request) -> dict[str, str]:
-    raw = await request.body()
-    if len(raw) > MAX_FORM_BYTES:
-        raise HTTPException(status_code=413, detail=f"the form is larger than {MAX_FORM_BYTES} bytes")
-    fields = parse_qs(raw.decode("utf-8", errors="replace"), keep_blank_values=True)
-    return {k: v[-1] for k, v in fields.items()}
-
-
 def _message(e: ValidationError) -> str:
     parts = []
     for err in e.errors():
@@ -133,8 +130,8 @@ def _render(request: Request, repo: Repository, stores: StoreCache, model: str, 
 
 @pages.post("/features/{model}/{sae}/{index}/steer", response_class=HTMLResponse)
 async def steer_form(request: Request, repo: RepoDep, stores: StoresDep, subjects: SubjectsDep,
-                     settings: SettingsDep, model: str, sae: str, index: int) -> HTMLResponse:
-    form = await _form(request)
+                     settings: SettingsDep, model: str, sae: str, index: int = FeatureIndex) -> HTMLResponse:
+    form = await read_form(request)
 
     def compute(_ctx: dict) -> dict:
         require_write(settings, form.get("api_key") or None)
@@ -154,8 +151,8 @@ async def steer_form(request: Request, repo: RepoDep, stores: StoresDep, subject
 
 @pages.post("/features/{model}/{sae}/{index}/activations", response_class=HTMLResponse)
 async def activations_form(request: Request, repo: RepoDep, stores: StoresDep, subjects: SubjectsDep,
-                           model: str, sae: str, index: int) -> HTMLResponse:
-    form = await _form(request)
+                           model: str, sae: str, index: int = FeatureIndex) -> HTMLResponse:
+    form = await read_form(request)
 
     def compute(ctx: dict) -> dict:
         out = run_activations(repo, stores, subjects,
