@@ -48,6 +48,16 @@ def iter_texts(spec: CorpusSpec) -> Iterator[str]:
     yield from _iter_hf_dataset(spec)
 
 
+def public_corpus_name(source: str) -> str:
+    """What a published file may say about a corpus: ``builtin`` or a dataset name as given, a
+    local file or folder by its last part only (the server's paths stay on the server)."""
+    if source == "builtin":
+        return source
+    if _looks_like_path(source) or Path(source).expanduser().exists():
+        return Path(source.rstrip("/")).name or "corpus"
+    return source
+
+
 def _looks_like_path(s: str) -> bool:
     return s.startswith((".", "/", "~")) or s.endswith(_FILE_SUFFIXES) or s.count("/") > 1
 

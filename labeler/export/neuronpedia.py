@@ -30,6 +30,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from labeler.corpus.sources import public_corpus_name
 from labeler.db import Repository
 from labeler.export import neuronpedia_meta as meta
 from labeler.export import neuronpedia_rows as rows
@@ -103,7 +104,8 @@ def export_neuronpedia(repo: Repository, sae_id: int, store: Any, out: Path, sou
     near = store_neighbours(store, neighbours)
     logits = _Logits(store)
     hook = manifest["model"].get("hook")
-    data_source = (manifest.get("corpus") or {}).get("source")
+    corpus_source = (manifest.get("corpus") or {}).get("source")
+    data_source = public_corpus_name(str(corpus_source)) if corpus_source else None
     types: dict[str, str] = {}
     score_types: dict[str, str] = {}
     models: set[str] = set()

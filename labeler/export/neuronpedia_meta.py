@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from labeler.corpus.sources import public_corpus_name
 from labeler.export.neuronpedia_rows import CREATOR_NAME, OFFLINE_SCORER, Source, np_slug
 
 _LAYER = re.compile(r"(\d+)")
@@ -69,7 +70,7 @@ def source_row(src: Source, manifest: dict[str, Any]) -> dict[str, Any]:
             "visibility": "PUBLIC", "setName": src.set_name, "creatorId": src.creator_id,
             "num_prompts": int(manifest.get("n_windows") or 0),
             "num_tokens_in_prompt": int(manifest["settings"]["ctx_len"]),
-            "dataset": str(corpus.get("source") or "") or None,
+            "dataset": public_corpus_name(str(corpus["source"])) if corpus.get("source") else None,
             "notes": f"hook {manifest['model'].get('hook')}; {manifest['sae']['n_features']} features; "
                      f"store config {manifest.get('config_hash')}"}
 

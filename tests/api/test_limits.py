@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import tracemalloc
 
+from pathlib import Path
+
 import pytest
 
 from labeler.core.config import Settings
@@ -111,3 +113,22 @@ def test_readers_do_not_see_server_paths(api, tiny_store_path):
     spec = client.get(f"/v1/jobs/{job_id}").json()["spec"]
     assert "store" not in spec and spec["label"]["explainer"] == "baseline"
     assert client.get(f"/v1/jobs/{job_id}").json()["errors"][0]["error"] == "InputError: store <store>: shard is corrupt"
+    # the Neuronpedia export is meant to be published: the corpus is named, its server path is not
+    import gzip
+    import io
+    import tarfile
+
+    from labeler.examples.store import FeatureStore
+
+    corpus = FeatureStore(tiny_store_path).manifest["corpus"]["source"]
+    assert corpus.startswith("/")
+    info = repo.catalog.sae(sae_id)
+    r = client.get(f"/v1/export/{info.model}/{info.sae}", params={"format": "neuronpedia"})
+    assert r.status_code == 200
+    with tarfile.open(fileobj=io.BytesIO(r.content)) as tar:
+        files = {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}
+    texts = {k: (gzip.decompress(v) if k.endswith(".gz") else v).decode() for k, v in files.items()}
+    leaks = [k for k, t in texts.items() if str(tiny_store_path) in t or str(Path(corpus).parent) in t]
+    assert not leaks, leaks
+    source = next(json.loads(t.splitlines()[0]) for k, t in texts.items() if k.endswith("source.jsonl"))
+    assert source["dataset"] == Path(corpus).name
