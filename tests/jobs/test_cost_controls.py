@@ -33,9 +33,6 @@ def explanation_rows(url: str) -> Counter:
         eng.dispose()
 
 
-@pytest.mark.redis
-@pytest.mark.postgres
-@pytest.mark.slow
 def settled(runner: Runner, job_id: int, quiet_s: float = 1.5, timeout_s: float = 60.0):
     """The job's state once its counts stop changing for ``quiet_s``."""
     deadline = time.monotonic() + timeout_s
@@ -49,6 +46,9 @@ def settled(runner: Runner, job_id: int, quiet_s: float = 1.5, timeout_s: float 
     raise AssertionError(f"job {job_id} kept changing: {last.counts}")
 
 
+@pytest.mark.redis
+@pytest.mark.postgres
+@pytest.mark.slow
 def test_one_budget_for_every_worker_then_resume(tiny_store, alive_features, queue_env, redis_url, workers,
                                                  postgres_url, tmp_path, capsys):
     """Calls cost ~$0.1-0.4 each at this price; a $4 budget allows a few features.  Two workers that
