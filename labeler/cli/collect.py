@@ -63,7 +63,7 @@ def collect(
     def config(sae_source: str, one_id: Optional[str]) -> CollectConfig:
         target = _sae_target(model, sae_source, one_id, revision, hook, hook_io, signs)
         return CollectConfig(
-            model=model, hook=target.hook, sae=target.sae, hook_io=target.hook_io,
+            model=model, hook=target.hook, sae=target.sae, hook_io=target.hook_io, hook_name=target.tl_name,
             corpus=CorpusSpec(corpus, text_field=text_field, dataset_split=dataset_split),
             tokens=tokens, ctx_len=ctx_len, batch_size=batch_size, seed=seed, device=_device(device),
             dtype=dtype or get_settings().dtype, drop_bos=drop_bos, checkpoint_every_s=checkpoint_every,

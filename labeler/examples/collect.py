@@ -41,6 +41,7 @@ class CollectConfig:
     model: str
     hook: str
     sae: str = "neurons"
+    hook_name: str | None = None  # the name the hook was given as (a TransformerLens name): recorded only
     corpus: CorpusSpec = field(default_factory=lambda: CorpusSpec("builtin"))
     hook_io: str = "output"
     tokens: int = 2_000_000
@@ -184,6 +185,7 @@ def base_manifest(cfg: CollectConfig, subject: Subject, encoder, d_model: int) -
         "format_version": FORMAT_VERSION, "status": "running", "config_hash": config_hash(identity),
         "identity": identity,
         "model": {"name": model_name(cfg.model), "path_or_id": cfg.model, "hook": cfg.hook, "hook_io": cfg.hook_io,
+                  "hook_name": cfg.hook_name,
                   "d_model": d_model, "dtype": cfg.dtype, "class": type(subject.model).__name__,
                   "weights_fingerprint": subject.weights_fingerprint,
                   # the Hub commit the weights came from (None for a local folder)

@@ -66,7 +66,7 @@ def store_identity(manifest: dict, tokens: np.ndarray) -> str:
     settings = {k: v for k, v in (manifest.get("identity") or {}).items() if k not in PATH_SETTINGS}
     # the descriptions keep what changes the encoding (k, normalisation, signs, dtype, class and
     # the fingerprints) and drop what only names or locates the files
-    model = {k: v for k, v in manifest["model"].items() if k not in ("name", "path_or_id", "revision")}
+    model = {k: v for k, v in manifest["model"].items() if k not in ("name", "path_or_id", "revision", "hook_name")}
     sae = {k: v for k, v in manifest["sae"].items() if k not in ("name", "path", "source", "neuronpedia_id")}
     content = json.dumps({"settings": settings, "model": model, "sae": sae}, sort_keys=True)
     h = hashlib.sha256(content.encode())

@@ -117,6 +117,7 @@ def test_neurons_with_both_signs(inputs, corpus, tmp_path, capsys):
     store = FeatureStore(out)
     d = 4 * 32  # GPT-2's MLP is 4 x d_model wide
     assert store.n_features == 2 * d and store.manifest["model"]["hook"] == "transformer.h.1.mlp.c_proj"
+    assert store.manifest["model"]["hook_name"] == "blocks.1.mlp.hook_post"  # both names recorded
     assert [s["sign"] for s in store.manifest["sae"]["feature_sides"]] == ["pos", "neg"]
     stats = store.all_stats()
     assert (stats["count"][:d] > 0).any() and (stats["count"][d:] > 0).any() and (stats["max"] >= 0).all()
