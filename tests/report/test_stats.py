@@ -169,6 +169,9 @@ def test_bootstrap_ci_is_deterministic_for_a_seed():
     x = np.random.default_rng(3).normal(0, 1, 50).tolist()
     assert bootstrap_ci(x, seed="s1") == bootstrap_ci(x, seed="s1")
     assert bootstrap_ci(x, seed="s1") != bootstrap_ci(x, seed="s2")
+    # the whole seed counts, not its first 8 bytes: every configuration of one scorer
+    # ("simulation|a", "simulation|b", ...) gets its own resampling
+    assert bootstrap_ci(x, seed="simulation|a") != bootstrap_ci(x, seed="simulation|b")
 
 
 def test_bootstrap_ci_width_shrinks_like_one_over_root_n():
