@@ -7,6 +7,7 @@ sit beside the plain ones, with Kish's effective number of features."""
 
 from __future__ import annotations
 
+import hashlib
 import math
 import warnings
 from collections import defaultdict
@@ -58,7 +59,7 @@ def bootstrap_ci(values: list[float], weights: list[float] | None = None, seed: 
     x = np.asarray(values, dtype=float)
     if x.size < 2:
         return Interval(note=f"needs at least 2 values (have {x.size})")
-    rng = np.random.default_rng(int.from_bytes(seed.encode()[:8].ljust(8, b"\0"), "little"))
+    rng = np.random.default_rng(int.from_bytes(hashlib.blake2b(seed.encode(), digest_size=8).digest(), "little"))
     if weights is None:
         data: tuple = (x,)
 

@@ -264,14 +264,15 @@ def held_out(record: FeatureRecord, split: str, kind: str, n: int) -> list[Activ
     return record.select(split, kind)[:n]  # type: ignore[arg-type]
 
 
-def held_out_mix(record: FeatureRecord, split: str, wanted: list[tuple[str, int]], sets: dict[str, Any]
-                 ) -> list[ActivationExample]:
+def held_out_mix(record: FeatureRecord, split: str, wanted: list[tuple[str, int]], sets: dict[str, Any],
+                 seen: set[int] | None = None) -> list[ActivationExample]:
     """``n`` examples of each kind in turn, each window at most once (a window stored as both
     top and random is used once, with the first kind asked for); ``sets`` records, per kind,
     how many were wanted and how many the split had (the scorer's ``details["sets"]``).
-    Quantile examples are taken one per stratum in turn, strongest stratum first."""
+    Quantile examples are taken one per stratum in turn, strongest stratum first.  ``seen``
+    (windows already used, updated in place) carries the exclusion across calls."""
     out: list[ActivationExample] = []
-    seen: set[int] = set()
+    seen = set() if seen is None else seen
     for kind, n in wanted:
         if n <= 0:
             continue
@@ -321,8 +322,9 @@ def negative_examples(record: FeatureRecord, split: str, negatives: str, n: int,
     with ``negatives="hard"`` hard negatives (resembling the activating windows), topped up
     with random ones when the store has too few; ``sets`` records what was used."""
     if negatives == "hard":
-        hard = held_out_mix(record, split, [("hard_negative", n)], sets)
-        rest = held_out_mix(record, split, [("nonactivating", n - len(hard))], sets) if len(hard) < n else []
+        seen: set[int] = set()  # one exclusion: a window both hard and non-activating is used once
+        hard = held_out_mix(record, split, [("hard_negative", n)], sets, seen)
+        rest = held_out_mix(record, split, [("nonactivating", n - len(hard))], sets, seen) if len(hard) < n else []
         return hard + rest
     return held_out_mix(record, split, [("nonactivating", n)], sets)
 

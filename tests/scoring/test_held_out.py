@@ -91,3 +91,19 @@ def test_explainer_sampling_reaches_every_stratum(strategy):
         assert kinds.count("top") == 4 and kinds.count("sample") == 2
     top_only = pick_train(rec, 10, "top")
     assert all(e.kind == "top" for e in top_only)
+
+
+def test_hard_negatives_topped_up_never_repeat_a_window():
+    """A window stored as both a hard negative and a non-activating one (both never fire) is
+    used once: the top-up excludes what the hard negatives already took."""
+    rec = make_feature_record(8)
+    hard = rec.select("test", "hard_negative")[:3]
+    both = type(hard[0])(**{**hard[0].to_dict(), "kind": "nonactivating"})  # first in line for the top-up
+    few_hard = FeatureRecord(rec.feature, rec.stats,
+                             [both] + [e for e in rec.examples if e.kind != "hard_negative"] + hard)
+    sets: dict = {}
+    negs = negative_examples(few_hard, "test", "hard", 8, sets)
+    windows = [e.window for e in negs]
+    assert len(windows) == 8 and len(set(windows)) == 8
+    assert windows[:3] == [e.window for e in hard] and windows.count(both.window) == 1
+    assert sets == {"hard_negative": {"wanted": 8, "got": 3}, "nonactivating": {"wanted": 5, "got": 5}}

@@ -28,8 +28,11 @@ def test_job_with_quantile_sampling_and_hard_negatives(tiny_store, tmp_path):
     from labeler.examples.store import FeatureStore
 
     store = FeatureStore(tiny_store)
-    alive = [i for i in range(store.n_features) if store.feature(i).select("train", "quantile")][:3]
-    assert alive, "tiny store has no feature with quantile strata"
+    # features with quantile strata to sample from and hard negatives in the scored split
+    # (feature 0 of the tiny store has none: its detection:hard would use 0, vacuously)
+    alive = [i for i in range(store.n_features)
+             if store.feature(i).select("train", "quantile") and store.feature(i).select("test", "hard_negative")][:3]
+    assert len(alive) == 3, "tiny store has too few features with quantile strata and hard negatives"
     url = f"sqlite:///{tmp_path / 'sets.db'}"
     with TestLLMServer() as server:
         install_scoring_rules(server)
@@ -46,14 +49,25 @@ def test_job_with_quantile_sampling_and_hard_negatives(tiny_store, tmp_path):
     sae = repo.catalog.list_saes()[0]
     results = repo.reads.results(sae.id, alive)
     assert {e.feature for e in results.explanations} == set(alive)
-    view = repo.reads.feature(sae.id, alive[0], with_details=True)
-    exp = view.explanations[0]
-    assert exp.prompt_version == "v2"
-    scores = {s.method: s for s in exp.scores if not s.control}
-    assert set(scores) == {"simulation", "detection", "detection:hard"}
-    sim_sets = scores["simulation"].details["sets"]
-    assert set(sim_sets) >= {"top"} and any(k in sim_sets for k in ("random", "sample"))
-    assert scores["detection"].details["negatives"] == "random" and "nonactivating" in scores["detection"].details["sets"]
-    hard = scores["detection:hard"].details
-    assert hard["negatives"] == "hard" and "hard_negative" in hard["sets"]
+    for f in alive:
+        rec = store.feature(f)
+        exp = repo.reads.feature(sae.id, f, with_details=True).explanations[0]
+        assert exp.prompt_version == "v2"
+        # the explainer was shown quantile-sampled train windows: every stratum, not just the top
+        strata = {e.window: e.quantile for e in rec.select("train", "quantile")}
+        top = [e.window for e in rec.select("train", "top")]
+        assert len(exp.example_windows) == 10 and set(exp.example_windows) <= set(strata) | set(top)
+        assert {strata.get(w) for w in exp.example_windows} >= set(strata.values())
+        assert exp.example_windows != top[:10]
+        scores = {s.method: s for s in exp.scores if not s.control}
+        assert set(scores) == {"simulation", "detection", "detection:hard"}
+        sim_sets = scores["simulation"].details["sets"]
+        assert set(sim_sets) >= {"top"} and any(k in sim_sets for k in ("random", "sample"))
+        assert scores["detection"].details["negatives"] == "random" and "nonactivating" in scores["detection"].details["sets"]
+        hard = scores["detection:hard"]
+        assert hard.details["negatives"] == "hard"
+        used = hard.details["sets"]["hard_negative"]["got"]
+        assert used > 0  # hard negatives were actually shown, not only asked for
+        stored = {e.window for e in rec.examples if e.kind == "hard_negative" and e.split != "train"}
+        assert len(set(hard.example_windows) & stored) == used
     repo.close()
