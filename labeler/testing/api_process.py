@@ -25,29 +25,39 @@ def free_port() -> int:
 
 
 @contextmanager
+def labeler_process(args: list[str], *, ready_url: str, log: Path, env: dict[str, str] | None = None,
+                    start_timeout_s: float = 60.0) -> Iterator[None]:
+    """``python -m labeler ARGS`` in a subprocess, yielded once ``ready_url`` answers; stopped
+    afterwards.  RuntimeError with its log when it exits or does not come up in time."""
+    with open(log, "w") as fh:
+        proc = subprocess.Popen([sys.executable, "-m", "labeler", *args], stdout=fh, stderr=subprocess.STDOUT,
+                                env={**os.environ, **(env or {})})
+    try:
+        deadline = time.monotonic() + start_timeout_s
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"labeler {args[0]} exited: {Path(log).read_text()}")
+            try:
+                urllib.request.urlopen(ready_url, timeout=1)
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"labeler {args[0]} did not start: {Path(log).read_text()}") from None
+                time.sleep(0.2)
+        yield
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
+@contextmanager
 def api_process(database_url: str, *, log: Path, env: dict[str, str] | None = None,
                 start_timeout_s: float = 60.0) -> Iterator[str]:
     """Yields the server's base URL once ``/health`` answers; stops the server afterwards.
     RuntimeError with the server's log when it exits or does not come up in time."""
     port = free_port()
-    full_env = {**os.environ, "LABELER_DATABASE_URL": database_url, **(env or {})}
-    with open(log, "w") as fh:
-        proc = subprocess.Popen([sys.executable, "-m", "labeler", "serve", "--host", "127.0.0.1", "--port", str(port),
-                                 "--url", database_url], stdout=fh, stderr=subprocess.STDOUT, env=full_env)
     base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + start_timeout_s
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"server exited: {Path(log).read_text()}")
-            try:
-                urllib.request.urlopen(base + "/health", timeout=1)
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"server did not start: {Path(log).read_text()}") from None
-                time.sleep(0.2)
+    with labeler_process(["serve", "--host", "127.0.0.1", "--port", str(port), "--url", database_url],
+                         ready_url=base + "/health", log=log, env={"LABELER_DATABASE_URL": database_url, **(env or {})},
+                         start_timeout_s=start_timeout_s):
         yield base
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)

@@ -4,7 +4,6 @@ middle of a part loses nothing: the queue redelivers the part and it resumes fro
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 
@@ -16,14 +15,10 @@ from labeler.examples import FeatureStore
 from labeler.examples.collect import run_collect
 from labeler.examples.storage import Location
 from labeler.runs.collect_jobs import run_sharded
+from labeler.testing.api_process import free_port
 from tests.collect.test_resume_and_cli import assert_same_store
 from tests.collect.test_shards import gpt2_cfg, same_records
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

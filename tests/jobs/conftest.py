@@ -6,13 +6,14 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+
+from labeler.testing.api_process import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -53,11 +54,6 @@ def llm_server():
         install_rules(server)
         yield server
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class RedisServer:

@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import time
-
 import httpx
 import pytest
 
@@ -14,7 +9,8 @@ from labeler.core.config import get_settings, reset_settings
 from labeler.db import Repository
 from labeler.runs.runner import Runner
 from labeler.runs.spec import LabelSpec, make_job_spec
-from tests.jobs.conftest import ROOT, free_port
+from labeler.testing.api_process import free_port, labeler_process
+from tests.jobs.conftest import ROOT
 
 pytestmark = [pytest.mark.redis]
 
@@ -32,22 +28,11 @@ def test_a_job_posted_to_the_api_is_the_job_it_returns_and_lives_in_its_database
     assert other == 1
 
     port = free_port()
-    env = dict(os.environ, LABELER_DATABASE_URL=url_a, LABELER_REDIS_URL=redis_url,
-               LABELER_API_WRITE_KEY="w", PYTHONPATH=str(ROOT))
-    log = open(tmp_path / "serve.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "labeler", "serve", "--url", url_b, "--port", str(port)],
-                            env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "serve.log").read_text()
-            time.sleep(0.2)
+    env = dict(LABELER_DATABASE_URL=url_a, LABELER_REDIS_URL=redis_url, LABELER_API_WRITE_KEY="w",
+               PYTHONPATH=str(ROOT))
+    base = f"http://127.0.0.1:{port}"
+    with labeler_process(["serve", "--url", url_b, "--port", str(port)], ready_url=f"{base}/health",
+                         log=tmp_path / "serve.log", env=env):
         features = alive_features[2:5]
         posted = httpx.post(f"{base}/v1/jobs", headers={"X-API-Key": "w"}, timeout=30,
                             json={"store_path": str(tiny_store), "features": features,
@@ -57,9 +42,6 @@ def test_a_job_posted_to_the_api_is_the_job_it_returns_and_lives_in_its_database
         got = httpx.get(f"{base}/v1/jobs/{job_id}", timeout=10).json()
         assert got["id"] == job_id and got["n_features"] == len(features)
         assert got["spec"]["label"]["explainer"] == "baseline"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
 
     repo_b = Repository(url_b)
     assert sorted(repo_b.jobs.features(job_id)) == features  # the job lives in B...

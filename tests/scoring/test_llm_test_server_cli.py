@@ -4,49 +4,24 @@ high, a wrong one low) and the explainers with its default rule."""
 
 from __future__ import annotations
 
-import socket
-import subprocess
-import sys
-import time
-
-import httpx
 import pytest
 
 from labeler.explanation import get_explainer
 from labeler.llm import LLMClient, reset_process_state
 from labeler.scoring import get_scorer
 from labeler.testing import make_feature_record
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from labeler.testing.api_process import free_port, labeler_process
 
 
 @pytest.fixture
-def server_url():
+def server_url(tmp_path):
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "labeler", "llm-test-server", "--port", str(port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}/v1"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{url}/models", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"llm-test-server did not come up: {proc.stdout.read() if proc.stdout else ''}")
-            time.sleep(0.2)
+    with labeler_process(["llm-test-server", "--port", str(port)], ready_url=f"{url}/models",
+                         log=tmp_path / "llm-server.log"):
         reset_process_state()
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-        reset_process_state()
+    reset_process_state()
 
 
 async def test_the_command_answers_explainers_and_scores_with_the_oracle(server_url):
