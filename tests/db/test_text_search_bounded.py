@@ -77,3 +77,26 @@ def test_uncommon_query_with_many_old_matches_is_capped(pg):
     # none in the newest 20 rows, and more than TEXT_EXACT_MAX (12) matches: the first 13 the
     # GIN index yields (in table order) are ranked, not all 30
     assert [h.explanation_id for h in hits] == ids[:13][::-1][:10]
+
+
+def test_middling_query_ranks_the_newest_matches_in_one_step(pg):
+    """Too many matches to rank them all, too few in the window to fill the candidates: the
+    newest matches are the answer either way, so the step over every match is not run."""
+    sae_id = pg.catalog.ensure_sae("m", "s", n_features=200)
+    ids = []
+    for i in range(120):  # every 5th row a river: 24 matches (> TEXT_EXACT_MAX), 4 in the newest 20
+        text = f"river delta {i}" if i % 5 == 0 else f"ordinary text {i}"
+        ids.append((pg.results.save_explanation(sae_id, exp(i, text)), text))
+    with pg.db.engine.begin() as c:
+        c.execute(sa.text("ANALYZE explanation"))
+    statements: list[str] = []
+    listen = lambda conn, cursor, statement, *rest: statements.append(statement)  # noqa: E731
+    sa.event.listen(pg.db.read_engine, "before_cursor_execute", listen)
+    try:
+        hits = pg.search.text("river", sae_id=sae_id, limit=3)
+    finally:
+        sa.event.remove(pg.db.read_engine, "before_cursor_execute", listen)
+    rivers = [i for i, text in ids if text.startswith("river")]
+    assert [h.explanation_id for h in hits] == rivers[::-1][:3]  # the newest matches (equal ranks)
+    ranked = [s for s in statements if "ts_rank" in s]
+    assert len(ranked) == 1 and "ORDER BY e.id DESC LIMIT" in ranked[0]  # the newest step alone
