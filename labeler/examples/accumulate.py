@@ -97,8 +97,11 @@ class BlockState:
     # -- one batch -------------------------------------------------------------------------------
     def update(self, feat: torch.Tensor, tok: torch.Tensor, val: torch.Tensor, window_ids: torch.Tensor,
                pool_mask: torch.Tensor, split_percent: tuple[int, int, int]) -> None:
-        """The block's nonzero activations of one batch: ``feat`` (relative to the block) and
-        ``tok`` (window * ctx_len + position) sorted by (feat, tok), float32 ``val``."""
+        """The block's nonzero activations of some batches: ``feat`` (relative to the block),
+        ``tok`` (window * ctx_len + position, windows indexing ``window_ids``) and float32
+        ``val``.  Each (feat, window) pair's tokens must be consecutive and in position order,
+        as they are in one batch's triples sorted by (feat, tok) and in a concatenation of
+        several such batches (a window is in one batch only); nothing else depends on order."""
         n, L, B = self.n, self.L, int(window_ids.numel())
         if feat.numel():
             self._token_stats(feat, val)

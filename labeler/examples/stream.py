@@ -22,9 +22,18 @@ from labeler.examples.accumulate import SPLITS, Accumulator, in_pool, split_of
 from labeler.examples.storage import Location
 
 
+# The bookkeeping's cost is mostly per call (a few dozen small tensor operations per block and
+# reservoir), so batches are handed to it together once this many nonzeros are pending.
+UPDATE_NONZEROS = 1 << 18
+
+
 @dataclass
 class Sink:
-    """One SAE (encoder) over features [acc.start, acc.stop), reading hookpoint ``hook_index``."""
+    """One SAE (encoder) over features [acc.start, acc.stop), reading hookpoint ``hook_index``.
+
+    ``feed`` encodes a batch; the block states take the pending batches' nonzeros together
+    (``flush``): the kept sets, sums and filters do not depend on how batches are grouped, so
+    the result is the same, and ``acc`` counts a window only once its nonzeros are in."""
 
     encoder: object
     acc: Accumulator
@@ -34,15 +43,18 @@ class Sink:
     update_threads: int | None = 1  # torch threads for the bookkeeping (the encode keeps torch's own)
     model_s: float = 0.0  # seconds in encode (for the manifest's timing)
     update_s: float = 0.0
+    # per pending batch: its window ids, pool mask and, per block, (feat, tok, val) sorted by (feat, tok)
+    pending: list = field(default_factory=list)
+    pending_nnz: int = 0
 
     def feed(self, x: torch.Tensor, window_ids: torch.Tensor) -> None:
         """x [B, L, d] at the hookpoint, window_ids [B] int64."""
         acc, enc = self.acc, self.encoder
-        B = x.shape[0]
         xs = x.reshape(-1, x.shape[-1])
         split = split_of(window_ids, acc.seed, acc.split_percent)
         pool_mask = in_pool(window_ids, acc.seed, split, self.pool_rates)
         t0 = time.perf_counter()
+        per_block = []
         if enc.arch.select:  # selections (TopK and kin) come back sparse: encode them once
             coded = enc.encode(xs, features=(acc.start, acc.stop))
             values, indices = coded.values, coded.indices
@@ -53,18 +65,12 @@ class Sink:
             # numpy's stable sort: torch's CPU argsort is many times slower on these sizes
             order = torch.from_numpy(np.argsort((feat * xs.shape[0] + tok).numpy(), kind="stable"))
             feat, tok, val = feat[order], tok[order], val[order]
-            t1 = time.perf_counter()
-            self.model_s += t1 - t0
             cuts = torch.searchsorted(feat, torch.tensor([a - acc.start for a, _ in acc.bounds] + [acc.stop - acc.start]))
-            with threads(self.update_threads):
-                for i, blk in enumerate(acc.blocks):
-                    s, e = int(cuts[i]), int(cuts[i + 1])
-                    blk.update(feat[s:e] - (blk.start - acc.start), tok[s:e], val[s:e], window_ids, pool_mask,
-                               acc.split_percent)
-            self.update_s += time.perf_counter() - t1
+            for i, blk in enumerate(acc.blocks):
+                s, e = int(cuts[i]), int(cuts[i + 1])
+                per_block.append((feat[s:e] - (blk.start - acc.start), tok[s:e], val[s:e]))
         else:
             for blk in acc.blocks:
-                t0 = time.perf_counter()
                 # encode the whole aligned block this one lies in: every run that covers a feature
                 # computes it with the same matmul shape, hence bit for bit the same value
                 lo = blk.start // acc.block * acc.block
@@ -73,13 +79,32 @@ class Sink:
                 nz = (dense > 0) if blk.nonneg else (dense != 0)
                 feat, tok = nz.nonzero(as_tuple=True)
                 val = dense[feat, tok].float()
-                feat, tok, val = feat.cpu(), tok.cpu(), val.cpu()
-                t1 = time.perf_counter()
-                self.model_s += t1 - t0
-                with threads(self.update_threads):
-                    blk.update(feat, tok, val, window_ids, pool_mask, acc.split_percent)
-                self.update_s += time.perf_counter() - t1
-        acc.advance(B)
+                per_block.append((feat.cpu(), tok.cpu(), val.cpu()))
+        self.model_s += time.perf_counter() - t0
+        self.pending.append((window_ids, pool_mask, per_block))
+        self.pending_nnz += sum(int(f.numel()) for f, _, _ in per_block)
+        if self.pending_nnz >= UPDATE_NONZEROS:
+            self.flush()
+
+    def flush(self) -> None:
+        """Hand the pending batches to the block states (before a checkpoint, and at the end)."""
+        if not self.pending:
+            return
+        t0 = time.perf_counter()
+        acc, L = self.acc, self.acc.L
+        window_ids = torch.cat([w for w, _, _ in self.pending])
+        pool_mask = torch.cat([m for _, m, _ in self.pending])
+        offsets = np.cumsum([0] + [int(w.numel()) * L for w, _, _ in self.pending[:-1]])
+        with threads(self.update_threads):
+            for i, blk in enumerate(acc.blocks):
+                parts = [batch[i] for _, _, batch in self.pending]
+                feat = torch.cat([f for f, _, _ in parts])
+                tok = torch.cat([t + int(off) for (_, t, _), off in zip(parts, offsets)])
+                val = torch.cat([v for _, _, v in parts])  # no re-sort: see BlockState.update
+                blk.update(feat, tok, val, window_ids, pool_mask, acc.split_percent)
+        acc.advance(int(window_ids.numel()))
+        self.pending, self.pending_nnz = [], 0
+        self.update_s += time.perf_counter() - t0
 
 
 def pool_rates(pool_sizes: dict[str, int], n_target: int, split_percent: tuple[int, int, int]) -> torch.Tensor:

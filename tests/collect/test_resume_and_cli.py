@@ -14,7 +14,7 @@ import numpy as np
 from safetensors.numpy import load_file
 
 from labeler.testing import make_tiny_sae, write_tiny_corpus
-from tests.collect.conftest import HOOKS, run_cli
+from tests.collect.conftest import HOOKS, centred_sae, hook_acts, run_cli
 
 
 def store_contents(path: Path) -> dict[str, np.ndarray]:
@@ -193,3 +193,23 @@ def test_ctrl_c_saves_a_checkpoint_and_the_same_command_resumes(inputs, gpt2_top
     code, text = run_cli(collect_args(inputs / "gpt2", gpt2_topk_sae, corpus, fresh, "--batch-size", "1"), capsys)
     assert code == 0, text
     assert_same_store(out, fresh)
+
+
+def test_bookkeeping_in_groups_of_batches_gives_the_same_store(inputs, corpus, gpt2_topk_sae, tmp_path, monkeypatch):
+    """The block states take several batches' nonzeros at once (stream.UPDATE_NONZEROS): the
+    store must not depend on the grouping, for a TopK SAE and a dense ReLU one, in 3 blocks."""
+    from labeler.corpus import CorpusSpec
+    from labeler.examples import stream
+    from labeler.examples.collect import CollectConfig, run_collect
+
+    acts = hook_acts(inputs / "gpt2", HOOKS["gpt2"], corpus)
+    relu = centred_sae(tmp_path / "sae-relu", acts, 40, architecture="standard")
+    for sae in (gpt2_topk_sae, relu):
+        cfg = CollectConfig(model=str(inputs / "gpt2"), hook=HOOKS["gpt2"], sae=str(sae), corpus=CorpusSpec(str(corpus)),
+                            tokens=3200, ctx_len=16, batch_size=8, seed=3, block=16, shard_size=16)
+        outs = []
+        for threshold in (1, 500, 10 ** 9):  # every batch alone / a few together / all of them
+            monkeypatch.setattr(stream, "UPDATE_NONZEROS", threshold)
+            outs.append(run_collect(cfg, tmp_path / f"{sae.name}-{threshold}", progress=False, log=lambda *_: None))
+        assert_same_store(outs[0], outs[1])
+        assert_same_store(outs[0], outs[2])
