@@ -61,9 +61,10 @@ class CollectConfig:
     block: int = 16384  # features per block of the accumulator (and per dense encode)
     n_output_tokens: int = 10
     checkpoint_every_s: float = 60.0
-    # The bookkeeping is many small tensor ops; one thread avoids OpenMP barrier stalls on busy
-    # machines (measured 4-7x slower spikes with 2 threads on a shared 2-core box). None: torch's.
-    accumulate_threads: int | None = 1
+    # Torch threads for the bookkeeping (None: torch's own).  It takes 2^20 nonzeros at a time
+    # (stream.UPDATE_NONZEROS), big enough for threads to pay: on 2 cores it ran 1.4x faster with
+    # both than with one.  1 suits a machine whose cores are busy with other work.
+    accumulate_threads: int | None = None
 
     def identity(self) -> dict:
         """Every setting that changes the result (device, checkpoint cadence and sharding do not)."""
