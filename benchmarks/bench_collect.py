@@ -110,14 +110,14 @@ def child_neighbour_block(sae: Path, rows: int) -> dict:
     return {"rows": rows, "seconds": round(dt, 2), "estimated_full_s": round(dt * F / rows / 2, 1)}
 
 
-def child_shards(sae: Path, work: Path, tokens: int) -> dict:
+def child_shards(sae: Path, work: Path, tokens: int, neighbours: int) -> dict:
     from labeler.core.config import get_settings
     from labeler.db import Repository
     from labeler.runs.collect_jobs import run_sharded
 
     repo = Repository.open(f"sqlite:///{work / 'bench.db'}")
     t = time.perf_counter()
-    run_sharded(config(sae, tokens), str(work / "sharded"), feature_shards=2, corpus_shards=2, repo=repo,
+    run_sharded(config(sae, tokens, neighbours=neighbours), str(work / "sharded"), feature_shards=2, corpus_shards=2, repo=repo,
                 settings=get_settings(), force=True, log=lambda *_: None)
     return {"sharded_wall_s": round(time.perf_counter() - t, 2)}
 
@@ -173,7 +173,7 @@ def main() -> None:
         elif kind == "neighbours":
             out = child_neighbour_block(Path(rest[0]), int(rest[1]))
         else:
-            out = child_shards(Path(rest[0]), Path(rest[1]), int(rest[2]))
+            out = child_shards(Path(rest[0]), Path(rest[1]), int(rest[2]), int(rest[3]))
         print(json.dumps(out))
         return
 
@@ -210,7 +210,8 @@ def main() -> None:
     if not a.skip_shards:
         latents = sizes[0]
         sae = work / f"sae-{latents}"
-        sh = run_child("shards", str(sae), str(work), str(a.tokens))
+        # the same settings as the single run it is compared with (neighbours included)
+        sh = run_child("shards", str(sae), str(work), str(a.tokens), str(a.neighbours))
         result["shards"] = {"latents": latents, "feature_shards": 2, "corpus_shards": 2,
                             "single_wall_s": result["sizes"][str(latents)]["collect_wall_s"], **sh,
                             "identical": same_store(work / f"store-{latents}", work / "sharded")}
