@@ -201,6 +201,9 @@ class ScoreResult:
     details: dict[str, Any] = field(default_factory=dict)  # per-token predictions, per-example answers
     failed: bool = False
     error: str | None = None
+    # the scorer's options that differ from their defaults and change the measurement (see
+    # ScorerOptions.NOT_IN_KEY): part of what makes two scores the same piece of work
+    options: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -2,7 +2,7 @@
 
 An explanation's key hashes every field that makes it "the same piece of work" (explainer,
 LLM model, prompt name/version/hash, config hash); a score's key does the same for (method,
-control, LLM model, prompt version).  NULL-able fields are folded into the hash, so NULL
+control, LLM model, prompt version, the scorer's non-default options).  NULL-able fields are folded into the hash, so NULL
 never defeats the unique constraints.
 """
 
@@ -29,8 +29,14 @@ def explanation_key(explainer: str, llm_model: str | None, prompt_name: str | No
     return sha(["exp", explainer, llm_model, prompt_name, prompt_version, prompt_hash, cfg_hash])
 
 
-def score_key(method: str, control: bool, llm_model: str | None, prompt_version: str | None) -> str:
-    return sha(["score", method, bool(control), llm_model, prompt_version])
+def score_key(method: str, control: bool, llm_model: str | None, prompt_version: str | None,
+              options: dict[str, Any] | None = None) -> str:
+    """``options``: the scorer's non-default options (ScoreResult.options).  With none, the key
+    is the one scores always had, so stored default-option scores keep theirs."""
+    parts: list[Any] = ["score", method, bool(control), llm_model, prompt_version]
+    if options:
+        parts.append(json_safe(options))
+    return sha(parts)
 
 
 def json_safe(obj: Any) -> Any:

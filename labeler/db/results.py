@@ -99,9 +99,9 @@ class Results:
         return out
 
     def find_score(self, exp_id: int, method: str, control: bool = False, llm_model: str | None = None,
-                   prompt_version: str | None = None) -> int | None:
+                   prompt_version: str | None = None, options: dict | None = None) -> int | None:
         """Id of a finished (not failed) score with this key, else None."""
-        key = score_key(method, control, llm_model, prompt_version)
+        key = score_key(method, control, llm_model, prompt_version, options)
         with self.db.read_engine.connect() as c:
             return c.execute(sa.select(T_SCORE.c.id).where(
                 T_SCORE.c.explanation_id == exp_id, T_SCORE.c.key == key,
@@ -109,7 +109,8 @@ class Results:
 
     def save_score(self, exp_id: int, result: ScoreResult) -> int:
         """Store a score of an explanation; idempotent on (explanation, method, control, LLM model,
-        prompt version).  A stored failed score is replaced by a later attempt."""
+        prompt version, non-default scorer options).  A stored failed score is replaced by a
+        later attempt.  The options are kept in the score's details."""
         if not result.method:
             raise InputError("a score needs a method name")
         with self.db.read_engine.connect() as c:
@@ -118,12 +119,13 @@ class Results:
         if exp is None:
             raise InputError(f"cannot save a score: explanation {exp_id} does not exist")
         usage = result.usage
-        key = score_key(result.method, result.control, result.llm_model, result.prompt_version)
+        key = score_key(result.method, result.control, result.llm_model, result.prompt_version, result.options)
         values = dict(
             explanation_id=exp_id, key=key, method=result.method, value=float_or_none(result.value),
             metrics=json_safe(result.metrics or {}), control=bool(result.control), llm_model=result.llm_model,
             prompt_name=result.prompt_name, prompt_version=result.prompt_version,
-            example_windows=json_safe(result.example_windows or []), details=json_safe(result.details or {}),
+            example_windows=json_safe(result.example_windows or []),
+            details=json_safe({**(result.details or {}), **({"options": result.options} if result.options else {})}),
             calls=usage.calls, prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens,
             cost_usd=float(usage.cost_usd), failed=bool(result.failed), error=clean_text(result.error),
             created_at=utcnow(),

@@ -40,6 +40,10 @@ class ScoringFailed(Exception):
 class ScorerOptions:
     """Options every scorer accepts."""
 
+    # options that do not make another piece of work (how hard to retry, or already in the
+    # method name): left out of a score's idempotency key; every other non-default one is in it
+    NOT_IN_KEY: ClassVar[tuple[str, ...]] = ("max_parse_retries",)
+
     seed: int = 0  # shuffles and random choices derive from (method, seed, feature)
     max_parse_retries: int = 2  # extra attempts after a malformed answer
     use_logprobs: bool | None = None  # None: use them when the endpoint supports them
@@ -80,6 +84,10 @@ class Scorer(ABC):
             _check_option_type(self.name, key, value, hints[key])
         self.options = self.Options(**options)
         self.options.validate()
+        defaults = self.Options()
+        self.key_options = {f.name: getattr(self.options, f.name) for f in fields(self.Options)
+                            if f.name not in self.Options.NOT_IN_KEY
+                            and getattr(self.options, f.name) != getattr(defaults, f.name)}
         if self.needs_llm and llm is None:
             raise ConfigError(
                 f"scorer {self.name!r} needs an LLM endpoint: set LABELER_LLM_BASE_URL / "
@@ -96,7 +104,7 @@ class Scorer(ABC):
                               f"{HELD_OUT_SPLITS}, not {split!r} (the explainer saw 'train')")
         result = ScoreResult(feature=record.feature, method=self.name, value=None,
                              explanation=explanation, control=control,
-                             llm_model=getattr(self.llm, "model", None))
+                             llm_model=getattr(self.llm, "model", None), options=dict(self.key_options))
         result.details["split"] = split
         if not explanation or not explanation.strip():
             result.failed, result.error = True, "empty explanation: nothing to score"

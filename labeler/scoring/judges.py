@@ -41,6 +41,7 @@ from labeler.scoring.base import (
 
 @dataclass
 class JudgeOptions(ScorerOptions):
+    NOT_IN_KEY = ScorerOptions.NOT_IN_KEY + ("negatives",)  # <name>:hard is the method
     n_top: int = 5  # held-out top-activating contexts
     n_sample: int = 5  # held-out random activating contexts
     n_quantile: int = 0  # held-out contexts stratified across activation quantiles

@@ -87,6 +87,28 @@ def test_score_writes_are_idempotent(repo, duck_store):
         repo.results.save_score(123456, s)
 
 
+def test_scores_with_other_scorer_options_are_other_work(repo, duck_store):
+    """A re-run with another seed or example count used to share the key of the first run: its
+    result (paid for) was dropped and the first one kept.  Now each has its own row, and a
+    default-option score keeps the key scores always had (rows stored earlier keep theirs)."""
+    from labeler.db.keys import sha
+
+    sae_id = repo.catalog.register_store(duck_store)
+    eid = repo.results.save_explanation(sae_id, exp())
+    base = dict(feature=1, method="detection", llm_model="m", prompt_version="v2")
+    default = repo.results.save_score(eid, ScoreResult(**base, value=0.5))
+    more = repo.results.save_score(eid, ScoreResult(**base, value=0.7, options={"n_top": 20}))
+    assert more != default and count(repo, "score") == 2
+    assert repo.results.save_score(eid, ScoreResult(**base, value=0.9, options={"n_top": 20})) == more
+    assert count(repo, "score") == 2
+    assert repo.results.find_score(eid, "detection", llm_model="m", prompt_version="v2", options={"n_top": 20}) == more
+    with repo.db.engine.connect() as c:
+        keys = dict(c.execute(sa.text("SELECT id, key FROM score")).all())
+    assert keys[default] == sha(["score", "detection", False, "m", "v2"])
+    values = {s.value: s for s in repo.reads.feature(sae_id, 1).explanations[0].scores}
+    assert set(values) == {0.5, 0.7}
+
+
 def test_failures_are_stored_but_never_labels_and_are_replaced_on_success(repo, duck_store):
     sae_id = repo.catalog.register_store(duck_store)
     bad = exp(text="", failed=True, error="LLM timeout", raw="<garbage>")

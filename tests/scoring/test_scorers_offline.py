@@ -135,3 +135,13 @@ def test_parse_json_list():
         parse_json_list("[1, 2, 0]", 3, {0, 1}, "answers")
     with pytest.raises(MalformedAnswer, match="no JSON list"):
         parse_json_list("yes", 1, {0, 1}, "answers")
+
+
+async def test_options_that_change_the_measurement_are_part_of_the_score(record, lp_server, client_for):
+    """Another seed or example count is another piece of work (its own score row, see
+    tests/db/test_repository.py); a retry policy, or hard negatives (named in the method), are not."""
+    assert get_scorer("simulation").key_options == {}
+    res = await get_scorer("simulation", seed=1, n_top=3, max_parse_retries=5).score(record, EXPLANATION)
+    assert res.options == {"seed": 1, "n_top": 3}
+    hard = get_scorer("detection:hard", client_for(lp_server), n_top=4)
+    assert hard.method == "detection:hard" and hard.key_options == {"n_top": 4}
