@@ -134,6 +134,7 @@ class ScoreRow(SQLModel, table=True):
     prompt_version: Optional[str] = Field(default=None, sa_column=sa.Column(sa.String(50)))
     example_windows: Optional[list] = _json()
     details: Optional[dict] = _json()
+    options: Optional[dict] = _json()  # the scorer's non-default options (in the key); NULL: defaults
     calls: int = Field(default=0, sa_column=sa.Column(sa.Integer, nullable=False))
     prompt_tokens: int = Field(default=0, sa_column=sa.Column(sa.Integer, nullable=False))
     completion_tokens: int = Field(default=0, sa_column=sa.Column(sa.Integer, nullable=False))

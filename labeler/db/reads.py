@@ -14,7 +14,8 @@ from labeler.db.keys import iso
 from labeler.db.models import ExplanationRow as ExplanationTable
 from labeler.db.models import Feature, ScoreRow as ScoreTable
 from labeler.db.views import (ExplanationRow, ExplanationView, FeatureRow, FeatureSummary, FeatureView, LabelRow,
-                              LabelView, SaeResults, SaeView, ScoreRow, ScoreView, UsageView, configuration_name)
+                              LabelView, SaeResults, SaeView, ScoreRow, ScoreView, UsageView, configuration_name,
+                              scored_method)
 
 T_FEATURE = Feature.__table__
 T_EXP = ExplanationTable.__table__
@@ -61,7 +62,8 @@ class Reads:
                 id=s["id"], method=s["method"], value=s["value"], metrics=s["metrics"] or {}, control=s["control"],
                 llm_model=s["llm_model"], prompt_name=s["prompt_name"], prompt_version=s["prompt_version"],
                 example_windows=s["example_windows"] or [], failed=s["failed"], error=s["error"], usage=_usage(s),
-                created_at=iso(s["created_at"]), details=(s["details"] or {}) if with_details else None))
+                created_at=iso(s["created_at"]), details=(s["details"] or {}) if with_details else None,
+                options=s["options"] or {}))
         out: dict[int, list[ExplanationView]] = defaultdict(list)
         for r in rows:
             out[r["feature_index"]].append(ExplanationView(
@@ -204,8 +206,8 @@ class Reads:
         fq = sa.select(T_FEATURE.c.index, T_FEATURE.c.density, T_FEATURE.c.max, T_FEATURE.c.count).where(
             T_FEATURE.c.sae_id == sae_id)
         eq = sa.select(T_EXP).where(T_EXP.c.sae_id == sae_id)
-        sq = (sa.select(T_SCORE.c.explanation_id, T_SCORE.c.method, T_SCORE.c.value, T_SCORE.c.control,
-                        T_SCORE.c.cost_usd, T_SCORE.c.prompt_tokens, T_SCORE.c.completion_tokens, T_SCORE.c.failed,
+        sq = (sa.select(T_SCORE.c.explanation_id, T_SCORE.c.method, T_SCORE.c.options, T_SCORE.c.value,
+                        T_SCORE.c.control, T_SCORE.c.cost_usd, T_SCORE.c.prompt_tokens, T_SCORE.c.completion_tokens, T_SCORE.c.failed,
                         T_EXP.c.feature_index)
               .join(T_EXP, T_EXP.c.id == T_SCORE.c.explanation_id).where(T_EXP.c.sae_id == sae_id))
         if features is not None:
@@ -239,7 +241,8 @@ class Reads:
                 for r in erows]
         configuration_of = {e.id: e.configuration for e in exps}
         scores = [ScoreRow(explanation_id=r.explanation_id, feature=r.feature_index,
-                           configuration=configuration_of[r.explanation_id], method=r.method, value=r.value,
+                           configuration=configuration_of[r.explanation_id], method=scored_method(r.method, r.options),
+                           value=r.value,
                            control=bool(r.control), cost_usd=r.cost_usd or 0.0, prompt_tokens=r.prompt_tokens or 0,
                            completion_tokens=r.completion_tokens or 0, failed=bool(r.failed))
                   for r in srows]

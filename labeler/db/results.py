@@ -110,7 +110,7 @@ class Results:
     def save_score(self, exp_id: int, result: ScoreResult) -> int:
         """Store a score of an explanation; idempotent on (explanation, method, control, LLM model,
         prompt version, non-default scorer options).  A stored failed score is replaced by a
-        later attempt.  The options are kept in the score's details."""
+        later attempt."""
         if not result.method:
             raise InputError("a score needs a method name")
         with self.db.read_engine.connect() as c:
@@ -124,8 +124,8 @@ class Results:
             explanation_id=exp_id, key=key, method=result.method, value=float_or_none(result.value),
             metrics=json_safe(result.metrics or {}), control=bool(result.control), llm_model=result.llm_model,
             prompt_name=result.prompt_name, prompt_version=result.prompt_version,
-            example_windows=json_safe(result.example_windows or []),
-            details=json_safe({**(result.details or {}), **({"options": result.options} if result.options else {})}),
+            example_windows=json_safe(result.example_windows or []), details=json_safe(result.details or {}),
+            options=json_safe(result.options) if result.options else None,
             calls=usage.calls, prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens,
             cost_usd=float(usage.cost_usd), failed=bool(result.failed), error=clean_text(result.error),
             created_at=utcnow(),

@@ -66,6 +66,8 @@ class ScoreView(BaseModel):
     usage: UsageView = Field(default_factory=UsageView)
     created_at: str | None = None
     details: dict[str, Any] | None = Field(None, description="per-example details (only when asked for)")
+    options: dict[str, Any] = Field(default_factory=dict,
+                                    description="the scorer's options that differ from their defaults (empty: defaults)")
 
 
 class ExplanationView(BaseModel):
@@ -185,6 +187,13 @@ class LabelRow(BaseModel):
     max: float | None
     count: int | None
     created_at: str | None
+
+
+def scored_method(method: str, options: dict[str, Any] | None) -> str:
+    """A method as reports group it: ``detection``, or ``detection[n_top=20]`` with other options."""
+    if not options:
+        return method
+    return f"{method}[{','.join(f'{k}={options[k]}' for k in sorted(options))}]"
 
 
 def configuration_name(explainer: str, llm_model: str | None, prompt_version: str | None = None,

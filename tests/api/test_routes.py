@@ -20,7 +20,7 @@ def test_health_version_openapi(api):
     client, repo, _ = api
     assert client.get("/health").json()["status"] == "ok"
     v = client.get("/version").json()
-    assert v["version"] and v["schema_revision"] == head_revision() == "0008"
+    assert v["version"] and v["schema_revision"] == head_revision() == "0009"
     spec = client.get("/openapi.json").json()
     assert "/v1/features/{model}/{sae}/{index}" in spec["paths"]
     assert "X-API-Key" in json.dumps(spec["components"]["securitySchemes"])

@@ -13,7 +13,7 @@ TABLES = {"subject_model", "sae", "feature", "explanation", "score", "explanatio
           "job_feature", "llm_usage", "feature_neighbours", "job_chunk"}
 
 
-HEAD = "0008"
+HEAD = "0009"
 
 
 def test_upgrade_from_empty_matches_models(database_url):

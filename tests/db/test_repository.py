@@ -105,8 +105,10 @@ def test_scores_with_other_scorer_options_are_other_work(repo, duck_store):
     with repo.db.engine.connect() as c:
         keys = dict(c.execute(sa.text("SELECT id, key FROM score")).all())
     assert keys[default] == sha(["score", "detection", False, "m", "v2"])
-    values = {s.value: s for s in repo.reads.feature(sae_id, 1).explanations[0].scores}
-    assert set(values) == {0.5, 0.7}
+    views = {s.value: s for s in repo.reads.feature(sae_id, 1).explanations[0].scores}
+    assert set(views) == {0.5, 0.7} and views[0.7].options == {"n_top": 20} and views[0.5].options == {}
+    # reports keep the two measurements apart
+    assert {r.method for r in repo.reads.results(sae_id).scores} == {"detection", "detection[n_top=20]"}
 
 
 def test_failures_are_stored_but_never_labels_and_are_replaced_on_success(repo, duck_store):
