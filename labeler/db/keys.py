@@ -2,8 +2,8 @@
 
 An explanation's key hashes every field that makes it "the same piece of work" (explainer,
 LLM model, prompt name/version/hash, config hash); a score's key does the same for (method,
-control, LLM model, prompt version, the scorer's non-default options).  NULL-able fields are folded into the hash, so NULL
-never defeats the unique constraints.
+control, LLM model, prompt version, the scorer's non-default options).  NULL-able fields are
+folded into the hash, so NULL never defeats the unique constraints.
 """
 
 from __future__ import annotations

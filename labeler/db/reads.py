@@ -207,8 +207,8 @@ class Reads:
             T_FEATURE.c.sae_id == sae_id)
         eq = sa.select(T_EXP).where(T_EXP.c.sae_id == sae_id)
         sq = (sa.select(T_SCORE.c.explanation_id, T_SCORE.c.method, T_SCORE.c.options, T_SCORE.c.value,
-                        T_SCORE.c.control, T_SCORE.c.cost_usd, T_SCORE.c.prompt_tokens, T_SCORE.c.completion_tokens, T_SCORE.c.failed,
-                        T_EXP.c.feature_index)
+                        T_SCORE.c.control, T_SCORE.c.cost_usd, T_SCORE.c.prompt_tokens,
+                        T_SCORE.c.completion_tokens, T_SCORE.c.failed, T_EXP.c.feature_index)
               .join(T_EXP, T_EXP.c.id == T_SCORE.c.explanation_id).where(T_EXP.c.sae_id == sae_id))
         if features is not None:
             wanted = list(features)
@@ -241,9 +241,9 @@ class Reads:
                 for r in erows]
         configuration_of = {e.id: e.configuration for e in exps}
         scores = [ScoreRow(explanation_id=r.explanation_id, feature=r.feature_index,
-                           configuration=configuration_of[r.explanation_id], method=scored_method(r.method, r.options),
-                           value=r.value,
-                           control=bool(r.control), cost_usd=r.cost_usd or 0.0, prompt_tokens=r.prompt_tokens or 0,
+                           configuration=configuration_of[r.explanation_id],
+                           method=scored_method(r.method, r.options), value=r.value, control=bool(r.control),
+                           cost_usd=r.cost_usd or 0.0, prompt_tokens=r.prompt_tokens or 0,
                            completion_tokens=r.completion_tokens or 0, failed=bool(r.failed))
                   for r in srows]
         return SaeResults(sae=sae, features=frows, explanations=exps, scores=scores)

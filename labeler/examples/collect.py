@@ -278,15 +278,13 @@ def stream(subject: Subject, cfg: CollectConfig, sinks: list[Sink], first: int, 
                 bar.update(len(ids) * cfg.ctx_len)
             if stop_flag.requested:
                 for sink in sinks:
-                    sink.flush()
-                    sink.folder.save(sink.acc)
+                    sink.checkpoint()
                 print(f"interrupted: {sinks[0].acc.tokens_seen} tokens are saved in {sinks[0].folder.loc}; "
                       "run the same command again to resume", file=sys.stderr, flush=True)
                 raise KeyboardInterrupt
             if time.monotonic() - last > cfg.checkpoint_every_s:
                 for sink in sinks:
-                    sink.flush()
-                    sink.folder.save(sink.acc)
+                    sink.checkpoint()
                 last = time.monotonic()
         for sink in sinks:
             sink.flush()

@@ -168,16 +168,14 @@ class Reservoir:
         k = compose(sample_hash(w.clamp_min(0), self.fhash[rows][:, None]), w)
         return torch.where(w >= 0, k, INVALID)
 
-    def _refresh(self, rows: torch.Tensor) -> torch.Tensor:
-        """Recompute the floor of ``rows``; returns their worst slots."""
-        low = self.keys(rows).min(dim=1)
-        self.floor[rows] = low.values
-        return low.indices
+    def _refresh(self, rows: torch.Tensor) -> None:
+        """Recompute the floor of ``rows``."""
+        self.floor[rows] = self.keys(rows).min(dim=1).values
 
     # -- offers ----------------------------------------------------------------------------------
     def offer(self, rows: torch.Tensor, keys: torch.Tensor, arena: Arena | None = None, runs=None,
               owners: list["Reservoir"] | None = None) -> None:
-        """Offer candidates (``rows`` sorted ascending, ``keys`` int64).  ``runs(idx)`` gives the
+        """Offer candidates (``rows`` in any order, ``keys`` int64).  ``runs(idx)`` gives the
         (positions, values, lengths) of candidates ``idx`` for the arena.
 
         Each row offered to keeps the k best of what it held and what it was offered, in one
@@ -195,7 +193,7 @@ class Reservoir:
         rows, keys, cand = rows[order], keys[order], cand[order]
         rows_u, at, counts = torch.unique_consecutive(rows, return_inverse=True, return_counts=True)
         n_rows, k = rows_u.numel(), self.k
-        rank = torch.arange(rows.numel()) - (torch.cumsum(counts, 0) - counts)[at]
+        rank = _rank_in_row(at, counts)
         sel = rank < k
         at, keys, cand, rank = at[sel], keys[sel], cand[sel], rank[sel]
         held = self.keys(rows_u)  # [rows, k]: hashed once per offer (the hashing is the cost)

@@ -161,7 +161,7 @@ def run_part(cfg: CollectConfig, out: str | Path, part: PartSpec, *, progress: b
         except InputError as e:
             record_failure(loc, manifest, e)
             raise
-        folder.save(acc, status="done")
+        sink.checkpoint(status="done")
     finally:
         stop_flag.restore()
 

@@ -88,6 +88,11 @@ class Sink:
         if self.pending_nnz >= UPDATE_NONZEROS:
             self.flush()
 
+    def checkpoint(self, *, status: str = "running") -> None:
+        """The pending batches into the state, then the state into its folder."""
+        self.flush()
+        self.folder.save(self.acc, status=status)
+
     def flush(self) -> None:
         """Hand the pending batches to the block states (before a checkpoint, and at the end)."""
         if not self.pending:
